@@ -1,0 +1,874 @@
+//! mm-probe's eBPF programs (target `bpfel-unknown-none`; build with
+//! `cargo xtask build-ebpf`). On any other target this file is an empty
+//! program so that `cargo build --workspace` works without the eBPF toolchain.
+//!
+//! All programs are raw tracepoints: the tracepoint's arguments arrive as
+//! they were passed to `trace_*()`, without the record assembly that classic
+//! (perf) tracepoints do. For the mmap_lock events that also skips the memcg
+//! lookup the classic event's `TP_fast_assign` performs on every lock.
+//!
+//! | tracepoint (kernel source) | program | what it does |
+//! |---|---|---|
+//! | `mmap_lock_start_locking` (mm/mmap_lock.c) | [`mmap_lock_start_locking`] | opens an in-flight acquisition |
+//! | `mmap_lock_acquire_returned` | [`mmap_lock_acquire_returned`] | wait time, trylocks, downgrades |
+//! | `mmap_lock_released` | [`mmap_lock_released`] | hold time |
+//! | `contention_begin` (kernel/locking/rwsem.c) | [`contention_begin`] | marks an acquisition contended |
+//! | `page_fault_user`, `page_fault_kernel` (arch/x86/mm/fault.c) | [`page_fault_user`], [`page_fault_kernel`] | faults by kind; marks the CPU "in a user fault" |
+//! | `sys_enter`, `sys_exit` | [`sys_enter`], [`sys_exit`] | the syscall each thread is in |
+//! | `sched_process_fork`, `_exec`, `_exit` | [`sched_process_fork`] ... | filter inheritance, comm, exit |
+//!
+//! Attribution: an mmap_lock event is keyed by the process that owns the mm
+//! (the current process, or `mm->owner`'s tgid for a remote locker such as a
+//! reader of /proc/PID/maps or khugepaged). The mm pointer stays inside the
+//! kernel maps (`INFLIGHT`); nothing userspace reads contains it.
+//!
+//! Per-VMA lock fallback: a fault served under a per-VMA lock never touches
+//! mmap_lock. A fault that falls back takes mmap_lock for read between the
+//! `page_fault_user` event and the return to user mode, without sleeping in
+//! between, on the same CPU. `page_fault_user` therefore stamps a per-CPU
+//! mark with the thread id; a read acquisition by a thread that is not in a
+//! system call and finds its own mark is a fallback (counted once per fault).
+//! A syscall entry clears the mark.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+        helpers::{
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+            generated::{
+                bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns,
+            },
+        },
+        macros::{map, raw_tracepoint},
+        maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+        programs::RawTracePointContext,
+    };
+    use mm_ebpf::{
+        CONTEXT_FAULT, CONTEXT_OTHER, ContextKey, Event, FAULT_KINDS, HIST_BUCKETS, Inflight,
+        InflightKey, MODE_READ, MODE_WRITE, OFFSET_UNKNOWN, RawContextStats, RawHist,
+        RawProcStats, ThreadState, WriteHolder, counters, event_flags, event_kind, event_mask,
+        fault_kind_index, filter, log2_bucket, verdict,
+    };
+
+    // ---- load-time globals (see mm_ebpf::globals) -------------------------
+
+    #[unsafe(no_mangle)]
+    static FILTER: u32 = 0;
+    #[unsafe(no_mangle)]
+    static FILTER_COMM: [u8; 16] = [0; 16];
+    #[unsafe(no_mangle)]
+    static FILTER_CGROUP_ID: u64 = 0;
+    #[unsafe(no_mangle)]
+    static FILTER_CGROUP_LEVEL: u32 = 0;
+    #[unsafe(no_mangle)]
+    static EVENT_MASK: u32 = 0;
+    #[unsafe(no_mangle)]
+    static OFF_TASK_MM: u64 = OFFSET_UNKNOWN;
+    #[unsafe(no_mangle)]
+    static OFF_TASK_TGID: u64 = OFFSET_UNKNOWN;
+    #[unsafe(no_mangle)]
+    static OFF_TASK_PID: u64 = OFFSET_UNKNOWN;
+    #[unsafe(no_mangle)]
+    static OFF_MM_OWNER: u64 = OFFSET_UNKNOWN;
+    #[unsafe(no_mangle)]
+    static OFF_MM_MMAP_LOCK: u64 = OFFSET_UNKNOWN;
+    #[unsafe(no_mangle)]
+    static EXIT_HAS_GROUP_DEAD: u32 = 0;
+
+    #[inline(always)]
+    fn global<T: Copy>(v: &T) -> T {
+        // SAFETY: reading a static; volatile so that the compiler does not
+        // fold the placeholder value. The loader rewrites it before load.
+        unsafe { core::ptr::read_volatile(v) }
+    }
+
+    // ---- maps (see mm_ebpf::maps) -----------------------------------------
+
+    #[map]
+    static STATS: PerCpuHashMap<u32, RawProcStats> =
+        PerCpuHashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+    #[map]
+    static CONTEXTS: PerCpuHashMap<ContextKey, RawContextStats> =
+        PerCpuHashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+    #[map]
+    static ALLOWED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(32768, 0);
+    #[map]
+    static HOLDERS: LruHashMap<u32, WriteHolder> = LruHashMap::with_max_entries(8192, 0);
+    #[map]
+    static COMMS: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(8192, 0);
+    #[map]
+    static EXITED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+    #[map]
+    static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+    #[map]
+    static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+    /// Bounded: an acquisition whose release is never seen is evicted.
+    #[map]
+    static INFLIGHT: LruHashMap<InflightKey, Inflight> = LruHashMap::with_max_entries(16384, 0);
+    /// Threads currently inside a system call. Bounded the same way.
+    #[map]
+    static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(32768, 0);
+    /// Per CPU: the thread whose user fault is being handled on this CPU.
+    #[map]
+    static FAULT_MARK: PerCpuArray<FaultMark> = PerCpuArray::with_max_entries(1, 0);
+    /// Zero templates for creating map entries too large for the BPF stack.
+    #[map]
+    static ZERO_PROC: Array<RawProcStats> = Array::with_max_entries(1, 0);
+    #[map]
+    static ZERO_CONTEXT: Array<RawContextStats> = Array::with_max_entries(1, 0);
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct FaultMark {
+        tid: u32,
+        /// 1 once this fault's fallback has been counted (a retried fault
+        /// takes the lock again and must not count twice).
+        counted: u32,
+    }
+
+    // ---- small helpers ------------------------------------------------------
+
+    #[inline(always)]
+    fn now() -> u64 {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
+
+    #[inline(always)]
+    fn bump(counter: u32) {
+        if let Some(c) = COUNTERS.get_ptr_mut(counter) {
+            // SAFETY: per-CPU value; tracepoint programs run with preemption
+            // disabled, so nothing else on this CPU updates it meanwhile.
+            unsafe { *c += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn hist_add(h: &mut RawHist, v: u64) {
+        let i = log2_bucket(v) & (HIST_BUCKETS - 1);
+        h.buckets[i] += 1;
+        h.sum += v;
+        if v > h.max {
+            h.max = v;
+        }
+    }
+
+    #[inline(always)]
+    fn read_kernel<T>(addr: u64) -> Option<T> {
+        // SAFETY: bpf_probe_read_kernel handles invalid addresses.
+        unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
+    }
+
+    // ---- filtering ----------------------------------------------------------
+
+    /// Whether the current task's process is traced (its own mm's events).
+    #[inline(always)]
+    fn traced_local(tgid: u32) -> bool {
+        let f = global(&FILTER);
+        if f == 0 {
+            return true;
+        }
+        // SAFETY: value of a hash map; read once.
+        if let Some(v) = unsafe { ALLOWED.get(&tgid) } {
+            return *v != verdict::DENIED;
+        }
+        if f & (filter::COMM | filter::CGROUP) == 0 {
+            return false; // pid set only: ALLOWED is the whole answer
+        }
+        let mut ok = f & filter::PIDS == 0; // with a pid set, unknown = out
+        if ok && f & filter::COMM != 0 {
+            ok = match bpf_get_current_comm() {
+                Ok(comm) => comm == global(&FILTER_COMM),
+                Err(_) => false,
+            };
+        }
+        if ok && f & filter::CGROUP != 0 {
+            // SAFETY: helper with a scalar argument.
+            let id = unsafe {
+                bpf_get_current_ancestor_cgroup_id(global(&FILTER_CGROUP_LEVEL) as i32)
+            };
+            ok = id == global(&FILTER_CGROUP_ID);
+        }
+        let v = if ok { verdict::COMPUTED } else { verdict::DENIED };
+        let _ = ALLOWED.insert(&tgid, &v, 0);
+        ok
+    }
+
+    /// Whether events on the mm of process `owner`, caused by a task of
+    /// another process, are traced.
+    #[inline(always)]
+    fn traced_remote(owner: u32) -> bool {
+        if global(&FILTER) == 0 {
+            return true;
+        }
+        // SAFETY: as above.
+        matches!(unsafe { ALLOWED.get(&owner) }, Some(v) if *v != verdict::DENIED)
+    }
+
+    // ---- per-process statistics --------------------------------------------
+
+    #[inline(always)]
+    fn proc_stats(tgid: u32, local: bool) -> Option<&'static mut RawProcStats> {
+        if let Some(p) = STATS.get_ptr_mut(&tgid) {
+            // SAFETY: per-CPU map value, valid for the program's run.
+            return Some(unsafe { &mut *p });
+        }
+        let zero = ZERO_PROC.get(0)?;
+        let _ = STATS.insert(&tgid, zero, BPF_NOEXIST as u64);
+        match STATS.get_ptr_mut(&tgid) {
+            Some(p) => {
+                if local {
+                    if let Ok(comm) = bpf_get_current_comm() {
+                        let _ = COMMS.insert(&tgid, &comm, 0);
+                    }
+                }
+                // SAFETY: as above.
+                Some(unsafe { &mut *p })
+            }
+            None => {
+                bump(counters::STATS_FULL);
+                None
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn context_stats(key: &ContextKey) -> Option<&'static mut RawContextStats> {
+        if let Some(p) = CONTEXTS.get_ptr_mut(key) {
+            // SAFETY: per-CPU map value, valid for the program's run.
+            return Some(unsafe { &mut *p });
+        }
+        let zero = ZERO_CONTEXT.get(0)?;
+        let _ = CONTEXTS.insert(key, zero, BPF_NOEXIST as u64);
+        match CONTEXTS.get_ptr_mut(key) {
+            // SAFETY: as above.
+            Some(p) => Some(unsafe { &mut *p }),
+            None => {
+                bump(counters::CONTEXTS_FULL);
+                None
+            }
+        }
+    }
+
+    // ---- page faults -------------------------------------------------------
+
+    #[raw_tracepoint(tracepoint = "page_fault_user")]
+    pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
+        on_fault(&ctx, true);
+        0
+    }
+
+    #[raw_tracepoint(tracepoint = "page_fault_kernel")]
+    pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
+        on_fault(&ctx, false);
+        0
+    }
+
+    /// `trace_page_fault_{user,kernel}(address, regs, error_code)`.
+    #[inline(always)]
+    fn on_fault(ctx: &RawTracePointContext, user: bool) {
+        let address: u64 = ctx.arg(0);
+        let error_code: u64 = ctx.arg(2);
+        if !user && address >> 63 != 0 {
+            return; // a kernel-mode fault on a kernel address: not an mm fault
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        let tid = pid_tgid as u32;
+        if !traced_local(tgid) {
+            return;
+        }
+        let Some(stats) = proc_stats(tgid, true) else {
+            return;
+        };
+        let kind = fault_kind_index(error_code);
+        if kind < FAULT_KINDS {
+            if user {
+                stats.user_faults[kind] += 1;
+            } else {
+                stats.kernel_faults[kind] += 1;
+            }
+        }
+        if user {
+            if let Some(mark) = FAULT_MARK.get_ptr_mut(0) {
+                // SAFETY: per-CPU value.
+                unsafe { *mark = FaultMark { tid, counted: 0 } };
+            }
+        }
+        if global(&EVENT_MASK) & event_mask::FAULTS != 0 {
+            emit(Event {
+                ts_ns: now(),
+                tgid,
+                tid,
+                kind: event_kind::FAULT,
+                flags: if user { event_flags::USER } else { 0 },
+                nr: 0,
+                a: address,
+                b: error_code,
+            });
+        }
+    }
+
+    #[inline(always)]
+    fn emit(event: Event) {
+        if EVENTS.output::<Event>(&event, 0).is_err() {
+            bump(counters::EVENTS_DROPPED);
+        }
+    }
+
+    // ---- system calls --------------------------------------------------------
+
+    /// `trace_sys_enter(regs, id)`
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tid = pid_tgid as u32;
+        if !traced_local((pid_tgid >> 32) as u32) {
+            return 0;
+        }
+        let id: i64 = ctx.arg(1);
+        let _ = THREADS.insert(
+            &tid,
+            &ThreadState {
+                nr: id as i32,
+                pad: 0,
+            },
+            0,
+        );
+        if let Some(mark) = FAULT_MARK.get_ptr_mut(0) {
+            // SAFETY: per-CPU value.
+            unsafe {
+                if (*mark).tid == tid {
+                    (*mark).tid = 0;
+                }
+            }
+        }
+        0
+    }
+
+    /// `trace_sys_exit(regs, ret)`
+    #[raw_tracepoint(tracepoint = "sys_exit")]
+    pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = THREADS.remove(&tid);
+        0
+    }
+
+    // ---- mmap_lock -----------------------------------------------------------
+
+    /// Owner tgid of `mm` and whether the current task is remote to it.
+    #[inline(always)]
+    fn resolve_owner(mm: u64, tgid: u32) -> Option<(u32, bool)> {
+        // SAFETY: helper without arguments.
+        let task = unsafe { bpf_get_current_task() };
+        let own_mm: u64 = read_kernel(task + global(&OFF_TASK_MM)).unwrap_or(0);
+        if own_mm == mm {
+            return Some((tgid, false));
+        }
+        let off_owner = global(&OFF_MM_OWNER);
+        if off_owner == OFFSET_UNKNOWN {
+            bump(counters::UNKNOWN_OWNER);
+            return None;
+        }
+        let owner_task: u64 = read_kernel(mm + off_owner).unwrap_or(0);
+        if owner_task == 0 {
+            // No owner: the mm has no user but the task locking it. Seen on
+            // this kernel for exec's new mm while it is set up (before
+            // exec_mmap() makes it current->mm) and on the exit path
+            // (exit_mm() clears current->mm and mm->owner, then exit_mmap()
+            // locks the mm). Both are the locking process's own lock.
+            return Some((tgid, false));
+        }
+        let owner: u32 = read_kernel(owner_task + global(&OFF_TASK_TGID)).unwrap_or(0);
+        if owner == 0 {
+            bump(counters::UNKNOWN_OWNER);
+            return None;
+        }
+        // exec builds the new mm with mm->owner == current before switching
+        // to it: that is still the process's own lock.
+        Some((owner, owner != tgid))
+    }
+
+    /// Lock context of the current thread; the bool is "in a user fault".
+    #[inline(always)]
+    fn lock_context(tid: u32) -> (i32, bool) {
+        // SAFETY: value read once.
+        if let Some(t) = unsafe { THREADS.get(&tid) } {
+            return (t.nr, false);
+        }
+        if let Some(mark) = FAULT_MARK.get(0) {
+            if mark.tid == tid {
+                return (CONTEXT_FAULT, true);
+            }
+        }
+        (CONTEXT_OTHER, false)
+    }
+
+    /// Count a per-VMA lock fallback once per fault.
+    #[inline(always)]
+    fn count_fallback(stats: &mut RawProcStats) {
+        if let Some(mark) = FAULT_MARK.get_ptr_mut(0) {
+            // SAFETY: per-CPU value.
+            unsafe {
+                if (*mark).counted == 0 {
+                    (*mark).counted = 1;
+                    stats.fault_fallbacks += 1;
+                }
+            }
+        }
+    }
+
+    /// The `write` argument of the mmap_lock events. `SHIFT` is 1 for the
+    /// pre-6.14 prototypes that pass `const char *memcg_path` second. The
+    /// offset must be a compile-time constant: the verifier rejects
+    /// variable-offset context reads, and the kernel refuses to attach a
+    /// program that reads past the tracepoint's arity, so each prototype
+    /// gets its own program (see the `_memcg_path` entry points).
+    #[inline(always)]
+    fn mmap_lock_write_arg<const SHIFT: usize>(ctx: &RawTracePointContext) -> bool {
+        let w: u64 = ctx.arg(1 + SHIFT);
+        w & 0xff != 0
+    }
+
+    /// `success` of mmap_lock_acquire_returned.
+    #[inline(always)]
+    fn mmap_lock_success_arg<const SHIFT: usize>(ctx: &RawTracePointContext) -> bool {
+        let v: u64 = ctx.arg(2 + SHIFT);
+        v & 0xff != 0
+    }
+
+    /// Resolve owner, apply the filter, find the context: the common start
+    /// of a new acquisition (blocking or trylock).
+    #[inline(always)]
+    fn begin(mm: u64, write: bool, start_ns: u64, trylock: bool) -> Option<Inflight> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        let tid = pid_tgid as u32;
+        let (owner, remote) = resolve_owner(mm, tgid)?;
+        let traced = if remote {
+            traced_remote(owner)
+        } else {
+            traced_local(tgid)
+        };
+        if !traced {
+            return None;
+        }
+        let (nr, in_fault) = lock_context(tid);
+        if in_fault && !write && !remote {
+            if let Some(stats) = proc_stats(owner, true) {
+                count_fallback(stats);
+            }
+        }
+        Some(Inflight {
+            start_ns,
+            acquired_ns: 0,
+            owner,
+            nr,
+            write: write as u8,
+            contended: 0,
+            remote: remote as u8,
+            trylock: trylock as u8,
+            pad: 0,
+        })
+    }
+
+    /// `trace_mmap_lock_start_locking(mm, write)` (6.14+)
+    #[raw_tracepoint(tracepoint = "mmap_lock_start_locking")]
+    pub fn mmap_lock_start_locking(ctx: RawTracePointContext) -> i32 {
+        start_locking::<0>(&ctx)
+    }
+
+    /// `trace_mmap_lock_start_locking(mm, memcg_path, write)` (before 6.14)
+    #[raw_tracepoint(tracepoint = "mmap_lock_start_locking")]
+    pub fn mmap_lock_start_locking_memcg_path(ctx: RawTracePointContext) -> i32 {
+        start_locking::<1>(&ctx)
+    }
+
+    #[inline(always)]
+    fn start_locking<const SHIFT: usize>(ctx: &RawTracePointContext) -> i32 {
+        let mm: u64 = ctx.arg(0);
+        let write = mmap_lock_write_arg::<SHIFT>(ctx);
+        let ts = now();
+        if let Some(inflight) = begin(mm, write, ts, false) {
+            let key = InflightKey {
+                mm,
+                tid: bpf_get_current_pid_tgid() as u32,
+                pad: 0,
+            };
+            let _ = INFLIGHT.insert(&key, &inflight, 0);
+        }
+        0
+    }
+
+    /// `trace_mmap_lock_acquire_returned(mm, write, success)` (6.14+)
+    #[raw_tracepoint(tracepoint = "mmap_lock_acquire_returned")]
+    pub fn mmap_lock_acquire_returned(ctx: RawTracePointContext) -> i32 {
+        acquire_returned::<0>(&ctx)
+    }
+
+    /// `trace_mmap_lock_acquire_returned(mm, memcg_path, write, success)`
+    #[raw_tracepoint(tracepoint = "mmap_lock_acquire_returned")]
+    pub fn mmap_lock_acquire_returned_memcg_path(ctx: RawTracePointContext) -> i32 {
+        acquire_returned::<1>(&ctx)
+    }
+
+    #[inline(always)]
+    fn acquire_returned<const SHIFT: usize>(ctx: &RawTracePointContext) -> i32 {
+        let mm: u64 = ctx.arg(0);
+        let write = mmap_lock_write_arg::<SHIFT>(ctx);
+        let success = mmap_lock_success_arg::<SHIFT>(ctx);
+        let ts = now();
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tid = pid_tgid as u32;
+        let key = InflightKey { mm, tid, pad: 0 };
+
+        if let Some(p) = INFLIGHT.get_ptr_mut(&key) {
+            // SAFETY: LRU map value; this thread is the only writer of its key.
+            let inflight = unsafe { &mut *p };
+            if inflight.acquired_ns == 0 && inflight.start_ns != 0 {
+                blocking_acquired(&key, inflight, success, ts);
+                return 0;
+            }
+            if inflight.acquired_ns != 0 && inflight.write != 0 && !write && success {
+                downgraded(inflight, ts, tid, (pid_tgid >> 32) as u32);
+                return 0;
+            }
+            // Anything else means a release was missed: start over.
+        }
+        // No start_locking seen: a trylock.
+        let Some(mut inflight) = begin(mm, write, 0, true) else {
+            return 0;
+        };
+        let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) else {
+            return 0;
+        };
+        let mode = &mut stats.modes[if write { MODE_WRITE } else { MODE_READ }];
+        if !success {
+            mode.trylock_failures += 1;
+            if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
+                emit(lock_event(event_kind::LOCK_FAILED, &inflight, tid, ts, 0, 0));
+            }
+            return 0;
+        }
+        mode.acquisitions += 1;
+        mode.trylock_acquisitions += 1;
+        if inflight.remote != 0 {
+            mode.remote += 1;
+        }
+        inflight.acquired_ns = ts;
+        if let Some(c) = context_stats(&context_key(&inflight)) {
+            c.acquisitions += 1;
+        }
+        if write {
+            set_holder(&inflight, ts, tid, (pid_tgid >> 32) as u32);
+        }
+        let _ = INFLIGHT.insert(&key, &inflight, 0);
+        0
+    }
+
+    #[inline(always)]
+    fn context_key(inflight: &Inflight) -> ContextKey {
+        ContextKey {
+            tgid: inflight.owner,
+            nr: inflight.nr,
+            write: inflight.write,
+            remote: inflight.remote,
+            pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn lock_event(kind: u16, inflight: &Inflight, tid: u32, ts: u64, a: u64, b: u64) -> Event {
+        let mut flags = 0;
+        if inflight.write != 0 {
+            flags |= event_flags::WRITE;
+        }
+        if inflight.contended != 0 {
+            flags |= event_flags::CONTENDED;
+        }
+        if inflight.remote != 0 {
+            flags |= event_flags::REMOTE;
+        }
+        if inflight.trylock != 0 {
+            flags |= event_flags::TRYLOCK;
+        }
+        Event {
+            ts_ns: ts,
+            tgid: inflight.owner,
+            tid,
+            kind,
+            flags,
+            nr: inflight.nr,
+            a,
+            b,
+        }
+    }
+
+    #[inline(always)]
+    fn set_holder(inflight: &Inflight, ts: u64, tid: u32, tgid: u32) {
+        let holder = WriteHolder {
+            since_ns: ts,
+            tid,
+            tgid,
+            nr: inflight.nr,
+            pad: 0,
+        };
+        let _ = HOLDERS.insert(&inflight.owner, &holder, 0);
+    }
+
+    #[inline(always)]
+    fn blocking_acquired(key: &InflightKey, inflight: &mut Inflight, success: bool, ts: u64) {
+        let wait = ts.saturating_sub(inflight.start_ns);
+        let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) else {
+            let _ = INFLIGHT.remove(key);
+            return;
+        };
+        let mode = &mut stats.modes[if inflight.write != 0 {
+            MODE_WRITE
+        } else {
+            MODE_READ
+        }];
+        if !success {
+            // A killable wait interrupted by a fatal signal.
+            mode.lock_failures += 1;
+            if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
+                emit(lock_event(
+                    event_kind::LOCK_FAILED,
+                    inflight,
+                    key.tid,
+                    ts,
+                    wait,
+                    0,
+                ));
+            }
+            let _ = INFLIGHT.remove(key);
+            return;
+        }
+        mode.acquisitions += 1;
+        if inflight.contended != 0 {
+            mode.contended += 1;
+        }
+        if inflight.remote != 0 {
+            mode.remote += 1;
+        }
+        hist_add(&mut mode.wait, wait);
+        if let Some(c) = context_stats(&context_key(inflight)) {
+            c.acquisitions += 1;
+            if inflight.contended != 0 {
+                c.contended += 1;
+            }
+            hist_add(&mut c.wait, wait);
+        }
+        inflight.acquired_ns = ts;
+        if inflight.write != 0 {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            set_holder(inflight, ts, key.tid, tgid);
+        }
+    }
+
+    /// `mmap_write_downgrade()`: acquire_returned(read, success) while this
+    /// thread holds the write lock, with no release in between. The write
+    /// hold ends and a read hold begins; no wait and no new acquisition.
+    #[inline(always)]
+    fn downgraded(inflight: &mut Inflight, ts: u64, tid: u32, _tgid: u32) {
+        let hold = ts.saturating_sub(inflight.acquired_ns);
+        if let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) {
+            stats.downgrades += 1;
+            hist_add(&mut stats.modes[MODE_WRITE].hold, hold);
+        }
+        if let Some(c) = context_stats(&context_key(inflight)) {
+            hist_add(&mut c.hold, hold);
+        }
+        if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
+            let wait = if inflight.start_ns != 0 {
+                inflight.acquired_ns - inflight.start_ns
+            } else {
+                0
+            };
+            emit(lock_event(
+                event_kind::LOCK_RELEASE,
+                inflight,
+                tid,
+                ts,
+                wait,
+                hold,
+            ));
+        }
+        let _ = HOLDERS.remove(&inflight.owner);
+        inflight.write = 0;
+        inflight.acquired_ns = ts;
+        inflight.start_ns = 0;
+        inflight.contended = 0;
+    }
+
+    /// `trace_mmap_lock_released(mm, write)`
+    #[raw_tracepoint(tracepoint = "mmap_lock_released")]
+    pub fn mmap_lock_released(ctx: RawTracePointContext) -> i32 {
+        let mm: u64 = ctx.arg(0);
+        let ts = now();
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tid = pid_tgid as u32;
+        let key = InflightKey { mm, tid, pad: 0 };
+        // SAFETY: copy the value out before removing the entry.
+        let inflight = unsafe { INFLIGHT.get(&key) }.copied();
+        let Some(inflight) = inflight.filter(|i| i.acquired_ns != 0) else {
+            if inflight.is_some() {
+                let _ = INFLIGHT.remove(&key);
+            }
+            // Only a traced process's release is a miss; untraced ones were
+            // never tracked.
+            if traced_local((pid_tgid >> 32) as u32) {
+                bump(counters::UNMATCHED_RELEASES);
+            }
+            return 0;
+        };
+        let _ = INFLIGHT.remove(&key);
+        let hold = ts.saturating_sub(inflight.acquired_ns);
+        if let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) {
+            let mode = if inflight.write != 0 {
+                MODE_WRITE
+            } else {
+                MODE_READ
+            };
+            hist_add(&mut stats.modes[mode].hold, hold);
+        }
+        if let Some(c) = context_stats(&context_key(&inflight)) {
+            hist_add(&mut c.hold, hold);
+        }
+        if inflight.write != 0 {
+            let _ = HOLDERS.remove(&inflight.owner);
+        }
+        if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
+            let wait = if inflight.start_ns != 0 {
+                inflight.acquired_ns - inflight.start_ns
+            } else {
+                0
+            };
+            emit(lock_event(
+                event_kind::LOCK_RELEASE,
+                &inflight,
+                tid,
+                ts,
+                wait,
+                hold,
+            ));
+        }
+        0
+    }
+
+    /// `trace_contention_begin(lock, flags)` from the rwsem slow paths
+    /// (include/trace/events/lock.h: LCB_F_SPIN 1, READ 2, WRITE 4, RT 8,
+    /// PERCPU 16, MUTEX 32). Only a sleeping rwsem wait on an mm's mmap_lock
+    /// by a thread with an acquisition in flight on that mm counts.
+    #[raw_tracepoint(tracepoint = "contention_begin")]
+    pub fn contention_begin(ctx: RawTracePointContext) -> i32 {
+        let flags: u64 = ctx.arg(1);
+        if flags & (1 | 8 | 16 | 32) != 0 || flags & (2 | 4) == 0 {
+            return 0;
+        }
+        let off = global(&OFF_MM_MMAP_LOCK);
+        if off == OFFSET_UNKNOWN {
+            return 0;
+        }
+        let lock: u64 = ctx.arg(0);
+        let key = InflightKey {
+            mm: lock.wrapping_sub(off),
+            tid: bpf_get_current_pid_tgid() as u32,
+            pad: 0,
+        };
+        if let Some(p) = INFLIGHT.get_ptr_mut(&key) {
+            // SAFETY: this thread's own entry.
+            unsafe {
+                if (*p).acquired_ns == 0 {
+                    (*p).contended = 1;
+                }
+            }
+        }
+        0
+    }
+
+    // ---- process lifecycle ---------------------------------------------------
+
+    /// `trace_sched_process_fork(parent, child)`: with FOLLOW_FORKS, a
+    /// traced process's new child processes are traced too.
+    #[raw_tracepoint(tracepoint = "sched_process_fork")]
+    pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+        if global(&FILTER) & filter::FOLLOW_FORKS == 0 {
+            return 0;
+        }
+        let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // SAFETY: value read once.
+        match unsafe { ALLOWED.get(&parent) } {
+            Some(v) if *v != verdict::DENIED => {}
+            _ => return 0,
+        }
+        let child: u64 = ctx.arg(1);
+        let pid: u32 = read_kernel(child + global(&OFF_TASK_PID)).unwrap_or(0);
+        let tgid: u32 = read_kernel(child + global(&OFF_TASK_TGID)).unwrap_or(0);
+        if pid != 0 && pid == tgid {
+            let _ = ALLOWED.insert(&tgid, &verdict::EXPLICIT, 0);
+        }
+        0
+    }
+
+    /// `trace_sched_process_exec(p, old_pid, bprm)`: the comm changed.
+    #[raw_tracepoint(tracepoint = "sched_process_exec")]
+    pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // A computed comm/cgroup verdict is recomputed for the new image.
+        // SAFETY: value read once.
+        if let Some(v) = unsafe { ALLOWED.get(&tgid) } {
+            if *v != verdict::EXPLICIT {
+                let _ = ALLOWED.remove(&tgid);
+            }
+        }
+        if STATS.get_ptr(&tgid).is_some() {
+            if let Ok(comm) = bpf_get_current_comm() {
+                let _ = COMMS.insert(&tgid, &comm, 0);
+            }
+        }
+        0
+    }
+
+    /// `trace_sched_process_exit(p, group_dead)`
+    #[raw_tracepoint(tracepoint = "sched_process_exit")]
+    pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tid = pid_tgid as u32;
+        let tgid = (pid_tgid >> 32) as u32;
+        let _ = THREADS.remove(&tid);
+        let group_dead = if global(&EXIT_HAS_GROUP_DEAD) != 0 {
+            let g: u64 = ctx.arg(1);
+            g & 0xff != 0
+        } else {
+            // Older kernels: approximate with the main thread's exit.
+            tid == tgid
+        };
+        if group_dead {
+            if STATS.get_ptr(&tgid).is_some() {
+                let _ = EXITED.insert(&tgid, &now(), 0);
+            }
+            // The pid may be reused by an unrelated process.
+            let _ = ALLOWED.remove(&tgid);
+        }
+        0
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program in which a panic is reachable.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// GPL-compatible, as the probe_read and ktime helpers require.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
