@@ -41,7 +41,8 @@ mod programs {
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
             generated::{
-                bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_ktime_get_ns,
+                bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
+                bpf_ktime_get_ns, bpf_task_pt_regs,
             },
         },
         macros::{map, raw_tracepoint},
@@ -50,9 +51,9 @@ mod programs {
     };
     use mm_ebpf::{
         CONTEXT_FAULT, CONTEXT_OTHER, ContextKey, Event, FAULT_KINDS, HIST_BUCKETS, Inflight,
-        InflightKey, MODE_READ, MODE_WRITE, OFFSET_UNKNOWN, RawContextStats, RawHist,
-        RawProcStats, ThreadState, WriteHolder, counters, event_flags, event_kind, event_mask,
-        fault_kind_index, filter, log2_bucket, verdict,
+        InflightKey, MODE_READ, MODE_WRITE, OFFSET_UNKNOWN, RawContextStats, RawHist, RawProcStats,
+        ThreadState, WriteHolder, counters, event_flags, event_kind, event_mask, fault_kind_index,
+        filter, log2_bucket, verdict,
     };
 
     // ---- load-time globals (see mm_ebpf::globals) -------------------------
@@ -79,6 +80,8 @@ mod programs {
     static OFF_MM_MMAP_LOCK: u64 = OFFSET_UNKNOWN;
     #[unsafe(no_mangle)]
     static EXIT_HAS_GROUP_DEAD: u32 = 0;
+    #[unsafe(no_mangle)]
+    static OFF_REGS_SYSCALL_NR: u64 = OFFSET_UNKNOWN;
 
     #[inline(always)]
     fn global<T: Copy>(v: &T) -> T {
@@ -174,7 +177,7 @@ mod programs {
             return true;
         }
         // SAFETY: value of a hash map; read once.
-        if let Some(v) = unsafe { ALLOWED.get(&tgid) } {
+        if let Some(v) = unsafe { ALLOWED.get(tgid) } {
             return *v != verdict::DENIED;
         }
         if f & (filter::COMM | filter::CGROUP) == 0 {
@@ -189,13 +192,16 @@ mod programs {
         }
         if ok && f & filter::CGROUP != 0 {
             // SAFETY: helper with a scalar argument.
-            let id = unsafe {
-                bpf_get_current_ancestor_cgroup_id(global(&FILTER_CGROUP_LEVEL) as i32)
-            };
+            let id =
+                unsafe { bpf_get_current_ancestor_cgroup_id(global(&FILTER_CGROUP_LEVEL) as i32) };
             ok = id == global(&FILTER_CGROUP_ID);
         }
-        let v = if ok { verdict::COMPUTED } else { verdict::DENIED };
-        let _ = ALLOWED.insert(&tgid, &v, 0);
+        let v = if ok {
+            verdict::COMPUTED
+        } else {
+            verdict::DENIED
+        };
+        let _ = ALLOWED.insert(tgid, v, 0);
         ok
     }
 
@@ -207,24 +213,24 @@ mod programs {
             return true;
         }
         // SAFETY: as above.
-        matches!(unsafe { ALLOWED.get(&owner) }, Some(v) if *v != verdict::DENIED)
+        matches!(unsafe { ALLOWED.get(owner) }, Some(v) if *v != verdict::DENIED)
     }
 
     // ---- per-process statistics --------------------------------------------
 
     #[inline(always)]
     fn proc_stats(tgid: u32, local: bool) -> Option<&'static mut RawProcStats> {
-        if let Some(p) = STATS.get_ptr_mut(&tgid) {
+        if let Some(p) = STATS.get_ptr_mut(tgid) {
             // SAFETY: per-CPU map value, valid for the program's run.
             return Some(unsafe { &mut *p });
         }
         let zero = ZERO_PROC.get(0)?;
-        let _ = STATS.insert(&tgid, zero, BPF_NOEXIST as u64);
-        match STATS.get_ptr_mut(&tgid) {
+        let _ = STATS.insert(tgid, zero, BPF_NOEXIST as u64);
+        match STATS.get_ptr_mut(tgid) {
             Some(p) => {
                 if local {
                     if let Ok(comm) = bpf_get_current_comm() {
-                        let _ = COMMS.insert(&tgid, &comm, 0);
+                        let _ = COMMS.insert(tgid, comm, 0);
                     }
                 }
                 // SAFETY: as above.
@@ -333,8 +339,8 @@ mod programs {
         }
         let id: i64 = ctx.arg(1);
         let _ = THREADS.insert(
-            &tid,
-            &ThreadState {
+            tid,
+            ThreadState {
                 nr: id as i32,
                 pad: 0,
             },
@@ -355,20 +361,21 @@ mod programs {
     #[raw_tracepoint(tracepoint = "sys_exit")]
     pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
         let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = THREADS.remove(&tid);
+        let _ = THREADS.remove(tid);
         0
     }
 
     // ---- mmap_lock -----------------------------------------------------------
 
-    /// Owner tgid of `mm` and whether the current task is remote to it.
+    /// Owner tgid of `mm`, whether the current task is remote to it, and
+    /// whether the current task is a user task (has an mm of its own).
     #[inline(always)]
-    fn resolve_owner(mm: u64, tgid: u32) -> Option<(u32, bool)> {
+    fn resolve_owner(mm: u64, tgid: u32) -> Option<(u32, bool, bool)> {
         // SAFETY: helper without arguments.
         let task = unsafe { bpf_get_current_task() };
         let own_mm: u64 = read_kernel(task + global(&OFF_TASK_MM)).unwrap_or(0);
         if own_mm == mm {
-            return Some((tgid, false));
+            return Some((tgid, false, true));
         }
         let off_owner = global(&OFF_MM_OWNER);
         if off_owner == OFFSET_UNKNOWN {
@@ -382,7 +389,7 @@ mod programs {
             // exec_mmap() makes it current->mm) and on the exit path
             // (exit_mm() clears current->mm and mm->owner, then exit_mmap()
             // locks the mm). Both are the locking process's own lock.
-            return Some((tgid, false));
+            return Some((tgid, false, own_mm != 0));
         }
         let owner: u32 = read_kernel(owner_task + global(&OFF_TASK_TGID)).unwrap_or(0);
         if owner == 0 {
@@ -391,15 +398,23 @@ mod programs {
         }
         // exec builds the new mm with mm->owner == current before switching
         // to it: that is still the process's own lock.
-        Some((owner, owner != tgid))
+        Some((owner, owner != tgid, own_mm != 0))
     }
 
     /// Lock context of the current thread; the bool is "in a user fault".
+    /// `remote_user` is set for a user task locking another process's mm.
     #[inline(always)]
-    fn lock_context(tid: u32) -> (i32, bool) {
+    fn lock_context(tid: u32, remote_user: bool) -> (i32, bool) {
         // SAFETY: value read once.
-        if let Some(t) = unsafe { THREADS.get(&tid) } {
+        if let Some(t) = unsafe { THREADS.get(tid) } {
             return (t.nr, false);
+        }
+        if remote_user {
+            // An untraced process reading a traced one's mm (a reader of
+            // /proc/PID/smaps, process_vm_readv): sys_enter does not track
+            // untraced threads, so take the syscall number from the task's
+            // saved user registers. Rare, so the extra reads are cheap.
+            return (syscall_from_regs(), false);
         }
         if let Some(mark) = FAULT_MARK.get(0) {
             if mark.tid == tid {
@@ -407,6 +422,21 @@ mod programs {
             }
         }
         (CONTEXT_OTHER, false)
+    }
+
+    /// `task_pt_regs(current)->orig_ax` (x86) when it holds a syscall number.
+    #[inline(always)]
+    fn syscall_from_regs() -> i32 {
+        let off = global(&OFF_REGS_SYSCALL_NR);
+        if off == OFFSET_UNKNOWN {
+            return CONTEXT_OTHER;
+        }
+        // SAFETY: helpers on the current task, which is always valid.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+        match read_kernel::<i64>(regs + off) {
+            Some(nr) if (0..4096).contains(&nr) => nr as i32,
+            _ => CONTEXT_OTHER,
+        }
     }
 
     /// Count a per-VMA lock fallback once per fault.
@@ -449,7 +479,7 @@ mod programs {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tgid = (pid_tgid >> 32) as u32;
         let tid = pid_tgid as u32;
-        let (owner, remote) = resolve_owner(mm, tgid)?;
+        let (owner, remote, user_task) = resolve_owner(mm, tgid)?;
         let traced = if remote {
             traced_remote(owner)
         } else {
@@ -458,7 +488,7 @@ mod programs {
         if !traced {
             return None;
         }
-        let (nr, in_fault) = lock_context(tid);
+        let (nr, in_fault) = lock_context(tid, remote && user_task);
         if in_fault && !write && !remote {
             if let Some(stats) = proc_stats(owner, true) {
                 count_fallback(stats);
@@ -500,7 +530,7 @@ mod programs {
                 tid: bpf_get_current_pid_tgid() as u32,
                 pad: 0,
             };
-            let _ = INFLIGHT.insert(&key, &inflight, 0);
+            let _ = INFLIGHT.insert(key, inflight, 0);
         }
         0
     }
@@ -527,7 +557,7 @@ mod programs {
         let tid = pid_tgid as u32;
         let key = InflightKey { mm, tid, pad: 0 };
 
-        if let Some(p) = INFLIGHT.get_ptr_mut(&key) {
+        if let Some(p) = INFLIGHT.get_ptr_mut(key) {
             // SAFETY: LRU map value; this thread is the only writer of its key.
             let inflight = unsafe { &mut *p };
             if inflight.acquired_ns == 0 && inflight.start_ns != 0 {
@@ -551,7 +581,14 @@ mod programs {
         if !success {
             mode.trylock_failures += 1;
             if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
-                emit(lock_event(event_kind::LOCK_FAILED, &inflight, tid, ts, 0, 0));
+                emit(lock_event(
+                    event_kind::LOCK_FAILED,
+                    &inflight,
+                    tid,
+                    ts,
+                    0,
+                    0,
+                ));
             }
             return 0;
         }
@@ -567,7 +604,7 @@ mod programs {
         if write {
             set_holder(&inflight, ts, tid, (pid_tgid >> 32) as u32);
         }
-        let _ = INFLIGHT.insert(&key, &inflight, 0);
+        let _ = INFLIGHT.insert(key, inflight, 0);
         0
     }
 
@@ -618,7 +655,7 @@ mod programs {
             nr: inflight.nr,
             pad: 0,
         };
-        let _ = HOLDERS.insert(&inflight.owner, &holder, 0);
+        let _ = HOLDERS.insert(inflight.owner, holder, 0);
     }
 
     #[inline(always)]
@@ -699,7 +736,7 @@ mod programs {
                 hold,
             ));
         }
-        let _ = HOLDERS.remove(&inflight.owner);
+        let _ = HOLDERS.remove(inflight.owner);
         inflight.write = 0;
         inflight.acquired_ns = ts;
         inflight.start_ns = 0;
@@ -715,10 +752,10 @@ mod programs {
         let tid = pid_tgid as u32;
         let key = InflightKey { mm, tid, pad: 0 };
         // SAFETY: copy the value out before removing the entry.
-        let inflight = unsafe { INFLIGHT.get(&key) }.copied();
+        let inflight = unsafe { INFLIGHT.get(key) }.copied();
         let Some(inflight) = inflight.filter(|i| i.acquired_ns != 0) else {
             if inflight.is_some() {
-                let _ = INFLIGHT.remove(&key);
+                let _ = INFLIGHT.remove(key);
             }
             // Only a traced process's release is a miss; untraced ones were
             // never tracked.
@@ -727,7 +764,7 @@ mod programs {
             }
             return 0;
         };
-        let _ = INFLIGHT.remove(&key);
+        let _ = INFLIGHT.remove(key);
         let hold = ts.saturating_sub(inflight.acquired_ns);
         if let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) {
             let mode = if inflight.write != 0 {
@@ -741,7 +778,7 @@ mod programs {
             hist_add(&mut c.hold, hold);
         }
         if inflight.write != 0 {
-            let _ = HOLDERS.remove(&inflight.owner);
+            let _ = HOLDERS.remove(inflight.owner);
         }
         if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
             let wait = if inflight.start_ns != 0 {
@@ -781,7 +818,7 @@ mod programs {
             tid: bpf_get_current_pid_tgid() as u32,
             pad: 0,
         };
-        if let Some(p) = INFLIGHT.get_ptr_mut(&key) {
+        if let Some(p) = INFLIGHT.get_ptr_mut(key) {
             // SAFETY: this thread's own entry.
             unsafe {
                 if (*p).acquired_ns == 0 {
@@ -803,7 +840,7 @@ mod programs {
         }
         let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
         // SAFETY: value read once.
-        match unsafe { ALLOWED.get(&parent) } {
+        match unsafe { ALLOWED.get(parent) } {
             Some(v) if *v != verdict::DENIED => {}
             _ => return 0,
         }
@@ -811,7 +848,7 @@ mod programs {
         let pid: u32 = read_kernel(child + global(&OFF_TASK_PID)).unwrap_or(0);
         let tgid: u32 = read_kernel(child + global(&OFF_TASK_TGID)).unwrap_or(0);
         if pid != 0 && pid == tgid {
-            let _ = ALLOWED.insert(&tgid, &verdict::EXPLICIT, 0);
+            let _ = ALLOWED.insert(tgid, verdict::EXPLICIT, 0);
         }
         0
     }
@@ -822,14 +859,14 @@ mod programs {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         // A computed comm/cgroup verdict is recomputed for the new image.
         // SAFETY: value read once.
-        if let Some(v) = unsafe { ALLOWED.get(&tgid) } {
+        if let Some(v) = unsafe { ALLOWED.get(tgid) } {
             if *v != verdict::EXPLICIT {
-                let _ = ALLOWED.remove(&tgid);
+                let _ = ALLOWED.remove(tgid);
             }
         }
-        if STATS.get_ptr(&tgid).is_some() {
+        if STATS.get_ptr(tgid).is_some() {
             if let Ok(comm) = bpf_get_current_comm() {
-                let _ = COMMS.insert(&tgid, &comm, 0);
+                let _ = COMMS.insert(tgid, comm, 0);
             }
         }
         0
@@ -841,7 +878,7 @@ mod programs {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tid = pid_tgid as u32;
         let tgid = (pid_tgid >> 32) as u32;
-        let _ = THREADS.remove(&tid);
+        let _ = THREADS.remove(tid);
         let group_dead = if global(&EXIT_HAS_GROUP_DEAD) != 0 {
             let g: u64 = ctx.arg(1);
             g & 0xff != 0
@@ -850,11 +887,11 @@ mod programs {
             tid == tgid
         };
         if group_dead {
-            if STATS.get_ptr(&tgid).is_some() {
-                let _ = EXITED.insert(&tgid, &now(), 0);
+            if STATS.get_ptr(tgid).is_some() {
+                let _ = EXITED.insert(tgid, now(), 0);
             }
             // The pid may be reused by an unrelated process.
-            let _ = ALLOWED.remove(&tgid);
+            let _ = ALLOWED.remove(tgid);
         }
         0
     }

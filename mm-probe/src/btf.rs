@@ -266,8 +266,7 @@ impl Btf {
                 });
             }
             if name.is_empty() {
-                if let Some(found) = self.find_member(mtype, member, base_bits + bits, depth + 1)
-                {
+                if let Some(found) = self.find_member(mtype, member, base_bits + bits, depth + 1) {
                     return Some(found);
                 }
             }
@@ -340,7 +339,13 @@ mod tests {
         out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         out.push(1);
         out.push(0);
-        for w in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.extend_from_slice(&t);
@@ -373,10 +378,7 @@ mod tests {
         ));
         let mut truncated = tiny();
         truncated.truncate(40);
-        assert!(matches!(
-            Btf::parse(truncated),
-            Err(BtfError::Malformed(_))
-        ));
+        assert!(matches!(Btf::parse(truncated), Err(BtfError::Malformed(_))));
     }
 
     #[test]
@@ -385,11 +387,17 @@ mod tests {
             eprintln!("skipping: no /sys/kernel/btf/vmlinux on this host");
             return;
         };
-        let mm = btf.member_offset("task_struct", "mm").expect("task_struct.mm");
+        let mm = btf
+            .member_offset("task_struct", "mm")
+            .expect("task_struct.mm");
         assert_eq!(mm.size, 8);
-        let tgid = btf.member_offset("task_struct", "tgid").expect("task_struct.tgid");
+        let tgid = btf
+            .member_offset("task_struct", "tgid")
+            .expect("task_struct.tgid");
         assert_eq!(tgid.size, 4);
-        let pid = btf.member_offset("task_struct", "pid").expect("task_struct.pid");
+        let pid = btf
+            .member_offset("task_struct", "pid")
+            .expect("task_struct.pid");
         assert_eq!(pid.size, 4);
         // pid and tgid are adjacent in every kernel since 2.6
         assert_eq!(tgid.offset, pid.offset + 4);
@@ -398,15 +406,5 @@ mod tests {
             .expect("mm_struct.mmap_lock");
         assert!(lock.size >= 32, "rw_semaphore is larger: {lock:?}");
         assert!(btf.tracepoint_args("page_fault_user") == Some(3));
-    }
-}
-#[cfg(test)]
-mod dump {
-    #[test]
-    fn print_offsets() {
-        let b = super::Btf::from_sys_fs().unwrap();
-        for (s, m) in [("task_struct","mm"),("task_struct","tgid"),("task_struct","pid"),("mm_struct","owner"),("mm_struct","mmap_lock")] {
-            eprintln!("{s}.{m} = {:?}", b.member_offset(s, m));
-        }
     }
 }

@@ -72,9 +72,7 @@ pub fn process_stats(raw: &RawProcess, comm: String, now_ns: u64) -> ProcessStat
             hold: histogram(&v.hold),
         })
         .collect();
-    contexts.sort_by(|a, b| {
-        (a.mode, &a.context, a.remote).cmp(&(b.mode, &b.context, b.remote))
-    });
+    contexts.sort_by(|a, b| (a.mode, &a.context, a.remote).cmp(&(b.mode, &b.context, b.remote)));
     ProcessStats {
         pid: raw.tgid,
         comm,

@@ -47,7 +47,10 @@ fn check(name: impl Into<String>, status: Status, detail: impl Into<String>, fix
 /// The tracepoints and what each one feeds.
 pub const TRACEPOINTS: &[(&str, &str)] = &[
     ("mmap_lock_start_locking", "mmap_lock waits"),
-    ("mmap_lock_acquire_returned", "mmap_lock acquisitions, trylocks, downgrades"),
+    (
+        "mmap_lock_acquire_returned",
+        "mmap_lock acquisitions, trylocks, downgrades",
+    ),
     ("mmap_lock_released", "mmap_lock hold times"),
     ("page_fault_user", "user faults, per-VMA lock fallbacks"),
     ("page_fault_kernel", "kernel-mode faults on user addresses"),
@@ -66,10 +69,13 @@ fn kernel_version() -> Option<(u32, u32)> {
 }
 
 fn mounted(fstype: &str) -> Option<String> {
-    std::fs::read_to_string("/proc/mounts").ok()?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&fstype)).then(|| f[1].to_owned())
-    })
+    std::fs::read_to_string("/proc/mounts")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&fstype)).then(|| f[1].to_owned())
+        })
 }
 
 /// Run every check. With `try_load`, also load and attach the probe (needs
@@ -82,7 +88,9 @@ pub fn run(try_load: bool) -> Vec<Check> {
         Some(v) if v >= (5, 8) => check(
             "kernel",
             Status::Warn,
-            format!("{release}: before 6.4 there are no per-VMA locks, every fault takes mmap_lock"),
+            format!(
+                "{release}: before 6.4 there are no per-VMA locks, every fault takes mmap_lock"
+            ),
             "",
         ),
         _ => check(
@@ -99,7 +107,12 @@ pub fn run(try_load: bool) -> Vec<Check> {
     let euid = unsafe { libc::geteuid() };
     out.push(if missing.is_empty() {
         let who = if euid == 0 { "root" } else { "capabilities" };
-        check("privileges", Status::Ok, format!("{who}: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"), "")
+        check(
+            "privileges",
+            Status::Ok,
+            format!("{who}: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"),
+            "",
+        )
     } else {
         check(
             "privileges",
@@ -143,7 +156,12 @@ pub fn run(try_load: bool) -> Vec<Check> {
                 .map(|(s, m)| format!("{s}.{m}"))
                 .collect();
             out.push(if absent.is_empty() {
-                check("BTF", Status::Ok, "/sys/kernel/btf/vmlinux has the fields mm-probe reads", "")
+                check(
+                    "BTF",
+                    Status::Ok,
+                    "/sys/kernel/btf/vmlinux has the fields mm-probe reads",
+                    "",
+                )
             } else {
                 check(
                     "BTF",
@@ -186,7 +204,12 @@ pub fn run(try_load: bool) -> Vec<Check> {
     if let Ok(b) = &btf {
         for (tp, feeds) in TRACEPOINTS {
             out.push(match b.tracepoint_args(tp) {
-                Some(_) => check(format!("tracepoint {tp}"), Status::Ok, format!("present ({feeds})"), ""),
+                Some(_) => check(
+                    format!("tracepoint {tp}"),
+                    Status::Ok,
+                    format!("present ({feeds})"),
+                    "",
+                ),
                 None => check(
                     format!("tracepoint {tp}"),
                     Status::Warn,
@@ -216,7 +239,12 @@ pub fn run(try_load: bool) -> Vec<Check> {
 
     if try_load {
         if !missing.is_empty() {
-            out.push(check("load and attach", Status::Fail, "skipped: not privileged", caps::FIX));
+            out.push(check(
+                "load and attach",
+                Status::Fail,
+                "skipped: not privileged",
+                caps::FIX,
+            ));
         } else {
             match Probe::load(&ProbeOptions {
                 pids: Some(Vec::new()),
@@ -252,7 +280,12 @@ pub fn render(checks: &[Check]) -> String {
             Status::Warn => "WARN",
             Status::Fail => "FAIL",
         };
-        t.add_row(vec![c.name.as_str(), status, c.detail.as_str(), c.fix.as_str()]);
+        t.add_row(vec![
+            c.name.as_str(),
+            status,
+            c.detail.as_str(),
+            c.fix.as_str(),
+        ]);
     }
     t.to_string()
 }

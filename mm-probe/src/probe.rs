@@ -71,7 +71,9 @@ pub enum ProbeError {
         source: aya::EbpfError,
     },
     /// The object lacks something this build expects (a build mix-up).
-    #[error("the embedded eBPF object has no {what} `{name}`: rebuild with `cargo xtask build-ebpf`")]
+    #[error(
+        "the embedded eBPF object has no {what} `{name}`: rebuild with `cargo xtask build-ebpf`"
+    )]
     ObjectMismatch {
         /// "map" or "program".
         what: &'static str,
@@ -238,6 +240,7 @@ struct KernelLayout {
     task_pid: u64,
     mm_owner: u64,
     mm_mmap_lock: u64,
+    regs_syscall_nr: u64,
     /// The mmap_lock events pass `memcg_path` second (before 6.14).
     mmap_lock_memcg_path: bool,
     exit_has_group_dead: u32,
@@ -269,6 +272,11 @@ impl KernelLayout {
             task_pid: required("task_struct", "pid")?,
             mm_owner: optional("mm_struct", "owner"),
             mm_mmap_lock: optional("mm_struct", "mmap_lock"),
+            // x86 names it orig_ax; arm64 syscallno.
+            regs_syscall_nr: match optional("pt_regs", "orig_ax") {
+                OFFSET_UNKNOWN => optional("pt_regs", "syscallno"),
+                off => off,
+            },
             mmap_lock_memcg_path,
             exit_has_group_dead,
             tracepoints,
@@ -294,14 +302,15 @@ fn resolve_cgroup(path: &Path) -> Result<(u64, u32), ProbeError> {
                 .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
                 .flatten()
         })
-        .ok_or_else(|| err("no cgroup v2 filesystem is mounted (cgroup v1 is not supported)".into()))?;
+        .ok_or_else(|| {
+            err("no cgroup v2 filesystem is mounted (cgroup v1 is not supported)".into())
+        })?;
     let full = if path.starts_with(&root) {
         path.to_path_buf()
     } else {
         root.join(path.strip_prefix("/").unwrap_or(path))
     };
-    let meta = std::fs::metadata(&full)
-        .map_err(|e| err(format!("{}: {e}", full.display())))?;
+    let meta = std::fs::metadata(&full).map_err(|e| err(format!("{}: {e}", full.display())))?;
     if !meta.is_dir() {
         return Err(err(format!("{} is not a cgroup directory", full.display())));
     }
@@ -325,10 +334,9 @@ fn take_map<T>(
     name: &'static str,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
 ) -> Result<T, ProbeError> {
-    let map = ebpf.take_map(name).ok_or(ProbeError::ObjectMismatch {
-        what: "map",
-        name,
-    })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(ProbeError::ObjectMismatch { what: "map", name })?;
     convert(map).map_err(|source| ProbeError::Map { map: name, source })
 }
 
@@ -340,7 +348,9 @@ fn describe_program_error(e: &ProgramError) -> String {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
-            if std::env::var_os("MM_PROBE_VERIFIER_LOG").is_some() { eprintln!("{log}"); }
+            if std::env::var_os("MM_PROBE_VERIFIER_LOG").is_some() {
+                eprintln!("{log}");
+            }
             let tail: Vec<&str> = log.lines().rev().take(3).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             format!("rejected ({io_error}): {}", tail.join(" | "))
@@ -353,13 +363,6 @@ impl Probe {
     /// Check privileges, load the object and attach every program this
     /// kernel supports.
     pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
-        let missing = caps::missing_for_probe(caps::effective());
-        if !missing.is_empty() {
-            return Err(ProbeError::Privilege { missing });
-        }
-        let btf = Btf::from_sys_fs().map_err(|source| ProbeError::Btf { source })?;
-        let layout = KernelLayout::read(&btf)?;
-
         let mut flags = 0u32;
         if opts.pids.is_some() {
             flags |= filter::PIDS;
@@ -386,6 +389,14 @@ impl Probe {
             events |= event_mask::LOCKS;
         }
 
+        // Bad input first, then privileges, then the kernel.
+        let missing = caps::missing_for_probe(caps::effective());
+        if !missing.is_empty() {
+            return Err(ProbeError::Privilege { missing });
+        }
+        let btf = Btf::from_sys_fs().map_err(|source| ProbeError::Btf { source })?;
+        let layout = KernelLayout::read(&btf)?;
+
         let mut loader = EbpfLoader::new();
         loader
             .override_global(globals::FILTER, &flags, true)
@@ -398,6 +409,7 @@ impl Probe {
             .override_global(globals::OFF_TASK_PID, &layout.task_pid, true)
             .override_global(globals::OFF_MM_OWNER, &layout.mm_owner, true)
             .override_global(globals::OFF_MM_MMAP_LOCK, &layout.mm_mmap_lock, true)
+            .override_global(globals::OFF_REGS_SYSCALL_NR, &layout.regs_syscall_nr, true)
             .override_global(
                 globals::EXIT_HAS_GROUP_DEAD,
                 &layout.exit_has_group_dead,

@@ -176,9 +176,9 @@ impl GatedChild {
         let child = Child { pid: self.pid };
         if n == 4 {
             let _ = child.wait();
-            return Err(os_err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(
-                errno,
-            ))));
+            return Err(os_err(std::io::Error::from_raw_os_error(
+                i32::from_ne_bytes(errno),
+            )));
         }
         Ok(child)
     }
@@ -244,7 +244,9 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.to_string(), "command not found: no-such-command-mm-probe");
-        let e = GatedChild::spawn(OsStr::new("/nonexistent/x"), &[]).err().unwrap();
+        let e = GatedChild::spawn(OsStr::new("/nonexistent/x"), &[])
+            .err()
+            .unwrap();
         assert!(matches!(e, SpawnError::NotFound(_)));
     }
 

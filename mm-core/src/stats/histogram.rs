@@ -346,10 +346,12 @@ mod tests {
 
     #[test]
     fn json_rejects_bad_buckets() {
-        let bad = r#"{"count":1,"sum_ns":5,"max_ns":5,"buckets":[{"lo_ns":4,"hi_ns":9,"count":1}]}"#;
+        let bad =
+            r#"{"count":1,"sum_ns":5,"max_ns":5,"buckets":[{"lo_ns":4,"hi_ns":9,"count":1}]}"#;
         let e = serde_json::from_str::<Log2Histogram>(bad).unwrap_err();
         assert!(e.to_string().contains("not a log2 bucket"), "{e}");
-        let bad = r#"{"count":2,"sum_ns":5,"max_ns":5,"buckets":[{"lo_ns":4,"hi_ns":7,"count":1}]}"#;
+        let bad =
+            r#"{"count":2,"sum_ns":5,"max_ns":5,"buckets":[{"lo_ns":4,"hi_ns":7,"count":1}]}"#;
         let e = serde_json::from_str::<Log2Histogram>(bad).unwrap_err();
         assert!(e.to_string().contains("does not match"), "{e}");
     }

@@ -31,6 +31,7 @@ impl LockMode {
 
 /// Statistics of one mode of one process's mmap_lock.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "LockModeStatsRepr", from = "LockModeStatsRepr")]
 pub struct LockModeStats {
     /// Successful acquisitions (blocking and trylock).
     pub acquisitions: u64,
@@ -48,6 +49,52 @@ pub struct LockModeStats {
     pub wait: Log2Histogram,
     /// Time from getting the lock to releasing (or downgrading) it.
     pub hold: Log2Histogram,
+}
+
+/// Serialized form of [`LockModeStats`], with the derived share.
+#[derive(Serialize, Deserialize)]
+struct LockModeStatsRepr {
+    acquisitions: u64,
+    trylock_acquisitions: u64,
+    trylock_failures: u64,
+    lock_failures: u64,
+    contended: u64,
+    #[serde(default)]
+    contended_share: f64,
+    remote: u64,
+    wait: Log2Histogram,
+    hold: Log2Histogram,
+}
+
+impl From<LockModeStats> for LockModeStatsRepr {
+    fn from(s: LockModeStats) -> Self {
+        Self {
+            contended_share: s.contended_share(),
+            acquisitions: s.acquisitions,
+            trylock_acquisitions: s.trylock_acquisitions,
+            trylock_failures: s.trylock_failures,
+            lock_failures: s.lock_failures,
+            contended: s.contended,
+            remote: s.remote,
+            wait: s.wait,
+            hold: s.hold,
+        }
+    }
+}
+
+impl From<LockModeStatsRepr> for LockModeStats {
+    fn from(r: LockModeStatsRepr) -> Self {
+        Self {
+            acquisitions: r.acquisitions,
+            trylock_acquisitions: r.trylock_acquisitions,
+            trylock_failures: r.trylock_failures,
+            lock_failures: r.lock_failures,
+            contended: r.contended,
+            remote: r.remote,
+            wait: r.wait,
+            hold: r.hold,
+        }
+    }
 }
 
 impl LockModeStats {
@@ -94,6 +141,7 @@ fn share(part: u64, whole: u64) -> f64 {
 
 /// One process's mmap_lock.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "MmapLockStatsRepr", from = "MmapLockStatsRepr")]
 pub struct MmapLockStats {
     /// Read mode.
     pub read: LockModeStats,
@@ -101,6 +149,37 @@ pub struct MmapLockStats {
     pub write: LockModeStats,
     /// `mmap_write_downgrade()` calls.
     pub downgrades: u64,
+}
+
+/// Serialized form of [`MmapLockStats`], with the derived share.
+#[derive(Serialize, Deserialize)]
+struct MmapLockStatsRepr {
+    read: LockModeStats,
+    write: LockModeStats,
+    downgrades: u64,
+    #[serde(default)]
+    contended_share: f64,
+}
+
+impl From<MmapLockStats> for MmapLockStatsRepr {
+    fn from(s: MmapLockStats) -> Self {
+        Self {
+            contended_share: s.contended_share(),
+            read: s.read,
+            write: s.write,
+            downgrades: s.downgrades,
+        }
+    }
+}
+
+impl From<MmapLockStatsRepr> for MmapLockStats {
+    fn from(r: MmapLockStatsRepr) -> Self {
+        Self {
+            read: r.read,
+            write: r.write,
+            downgrades: r.downgrades,
+        }
+    }
 }
 
 impl MmapLockStats {
@@ -200,6 +279,7 @@ impl FaultKind {
 
 /// Fault counts by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "FaultCountsRepr", from = "FaultCountsRepr")]
 pub struct FaultCounts {
     /// Reads of pages that were not present.
     pub read_not_present: u64,
@@ -213,6 +293,46 @@ pub struct FaultCounts {
     pub exec_not_present: u64,
     /// Instruction fetches refused on present pages.
     pub exec_protection: u64,
+}
+
+/// Serialized form of [`FaultCounts`], with the total.
+#[derive(Serialize, Deserialize)]
+struct FaultCountsRepr {
+    #[serde(default)]
+    total: u64,
+    read_not_present: u64,
+    read_protection: u64,
+    write_not_present: u64,
+    write_protection: u64,
+    exec_not_present: u64,
+    exec_protection: u64,
+}
+
+impl From<FaultCounts> for FaultCountsRepr {
+    fn from(c: FaultCounts) -> Self {
+        Self {
+            total: c.total(),
+            read_not_present: c.read_not_present,
+            read_protection: c.read_protection,
+            write_not_present: c.write_not_present,
+            write_protection: c.write_protection,
+            exec_not_present: c.exec_not_present,
+            exec_protection: c.exec_protection,
+        }
+    }
+}
+
+impl From<FaultCountsRepr> for FaultCounts {
+    fn from(r: FaultCountsRepr) -> Self {
+        Self {
+            read_not_present: r.read_not_present,
+            read_protection: r.read_protection,
+            write_not_present: r.write_not_present,
+            write_protection: r.write_protection,
+            exec_not_present: r.exec_not_present,
+            exec_protection: r.exec_protection,
+        }
+    }
 }
 
 impl FaultCounts {
@@ -265,6 +385,7 @@ impl FaultCounts {
 
 /// A process's page faults.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "FaultStatsRepr", from = "FaultStatsRepr")]
 pub struct FaultStats {
     /// Faults raised in user mode.
     pub user: FaultCounts,
@@ -274,6 +395,40 @@ pub struct FaultStats {
     /// User faults that took mmap_lock for read because the per-VMA lock
     /// could not serve them.
     pub mmap_lock_fallbacks: u64,
+}
+
+/// Serialized form of [`FaultStats`], with the derived totals.
+#[derive(Serialize, Deserialize)]
+struct FaultStatsRepr {
+    #[serde(default)]
+    total: u64,
+    user: FaultCounts,
+    kernel: FaultCounts,
+    mmap_lock_fallbacks: u64,
+    #[serde(default)]
+    served_without_mmap_lock: u64,
+}
+
+impl From<FaultStats> for FaultStatsRepr {
+    fn from(f: FaultStats) -> Self {
+        Self {
+            total: f.total(),
+            served_without_mmap_lock: f.served_without_mmap_lock(),
+            user: f.user,
+            kernel: f.kernel,
+            mmap_lock_fallbacks: f.mmap_lock_fallbacks,
+        }
+    }
+}
+
+impl From<FaultStatsRepr> for FaultStats {
+    fn from(r: FaultStatsRepr) -> Self {
+        Self {
+            user: r.user,
+            kernel: r.kernel,
+            mmap_lock_fallbacks: r.mmap_lock_fallbacks,
+        }
+    }
 }
 
 impl FaultStats {
@@ -291,7 +446,9 @@ impl FaultStats {
         Self {
             user: self.user.since(&e.user),
             kernel: self.kernel.since(&e.kernel),
-            mmap_lock_fallbacks: self.mmap_lock_fallbacks.saturating_sub(e.mmap_lock_fallbacks),
+            mmap_lock_fallbacks: self
+                .mmap_lock_fallbacks
+                .saturating_sub(e.mmap_lock_fallbacks),
         }
     }
 }
@@ -481,7 +638,12 @@ mod tests {
         assert_eq!(f.served_without_mmap_lock(), 8);
         let json = serde_json::to_value(f).unwrap();
         assert_eq!(json["user"]["write_not_present"], 10);
+        assert_eq!(json["user"]["total"], 12);
+        assert_eq!(json["total"], 15);
+        assert_eq!(json["served_without_mmap_lock"], 8);
         assert_eq!(json["mmap_lock_fallbacks"], 4);
+        let back: FaultStats = serde_json::from_value(json).unwrap();
+        assert_eq!(back, f);
     }
 
     fn ctx(name: &str, nr: u32, mode: LockMode, acq: u64) -> ContextStats {
@@ -546,5 +708,10 @@ mod tests {
         l.write.contended = 1;
         assert_eq!(l.contended_share(), 0.25);
         assert_eq!(l.write.contended_share(), 0.5);
+        let json = serde_json::to_value(&l).unwrap();
+        assert_eq!(json["contended_share"], 0.25);
+        assert_eq!(json["write"]["contended_share"], 0.5);
+        let back: MmapLockStats = serde_json::from_value(json).unwrap();
+        assert_eq!(back, l);
     }
 }

@@ -24,7 +24,8 @@ pub struct Writer {
 impl Writer {
     /// Start draining `rb` into `path`.
     pub fn start(rb: RingBuf<MapData>, path: &Path) -> Result<Self> {
-        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file =
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         let (stop, rx) = watch::channel(false);
         // SAFETY: the ring buffer owns its map fd for its whole life and
         // `as_raw_fd` always returns that fd.

@@ -38,7 +38,11 @@ pub struct Config {
 }
 
 impl Config {
-    pub(super) fn new(o: &OutputArgs, duration: Option<Duration>, watched: Vec<u32>) -> Result<Self> {
+    pub(super) fn new(
+        o: &OutputArgs,
+        duration: Option<Duration>,
+        watched: Vec<u32>,
+    ) -> Result<Self> {
         let out: Box<dyn Write + Send> = match &o.output {
             Some(p) => Box::new(BufWriter::new(
                 File::create(p).with_context(|| format!("cannot create {}", p.display()))?,

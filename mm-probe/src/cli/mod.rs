@@ -4,12 +4,7 @@ mod events;
 mod live;
 mod prometheus;
 
-use std::{
-    ffi::OsString,
-    net::SocketAddr,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -256,7 +251,11 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mm-probe: error: {e:#}");
-            1
+            // As a shell would: 127 when the command to run does not exist.
+            match e.downcast_ref::<crate::spawn::SpawnError>() {
+                Some(crate::spawn::SpawnError::NotFound(_)) => 127,
+                _ => 1,
+            }
         }
     }
 }
@@ -362,7 +361,11 @@ fn run(r: RunArgs) -> Result<i32> {
     let child = gated.release()?;
     live::announce(
         session.probe(),
-        &format!("pid {} ({}) and its children", child.pid(), program.to_string_lossy()),
+        &format!(
+            "pid {} ({}) and its children",
+            child.pid(),
+            program.to_string_lossy()
+        ),
     );
     let mut cfg = live::Config::new(&r.output, None, Vec::new())?;
     cfg.kill_after = kill_after;

@@ -328,7 +328,10 @@ mod tests {
             let needle = format!(
                 "mm_probe_mmap_lock_hold_seconds_bucket{{pid=\"1\",comm=\"a \\\"quoted\\\" name\",mode=\"write\",le=\"{le}\"}} "
             );
-            let line = text.lines().find(|l| l.starts_with(&needle)).unwrap_or_else(|| panic!("no {needle} in\n{text}"));
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{text}"));
             line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
         };
         assert_eq!(bucket("1.024e-6"), 1); // 500 ns
@@ -337,7 +340,11 @@ mod tests {
         assert_eq!(bucket("4.194304e-3"), 3); // + 3 ms
         assert_eq!(bucket("+Inf"), 3);
         assert!(text.contains("# TYPE mm_probe_mmap_lock_hold_seconds histogram"));
-        assert_eq!(text.matches("# TYPE mm_probe_mmap_lock_hold_seconds ").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE mm_probe_mmap_lock_hold_seconds ")
+                .count(),
+            1
+        );
         assert!(text.contains("mm_probe_dropped_events_total{reason=\"ring_buffer_full\"} 0"));
     }
 }

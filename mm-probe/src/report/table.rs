@@ -94,8 +94,17 @@ pub fn render(report: &Report, opts: TableOptions) -> String {
 
     let mut t = plain_table();
     t.set_header(vec![
-        "PID", "COMM", "FAULTS", "VMA-LOCK", "FALLBACK", "READ", "WRITE", "CONT%", "WAIT p99",
-        "WR-HOLD p99", "WR-HOLD max",
+        "PID",
+        "COMM",
+        "FAULTS",
+        "VMA-LOCK",
+        "FALLBACK",
+        "READ",
+        "WRITE",
+        "CONT%",
+        "WAIT p99",
+        "WR-HOLD p99",
+        "WR-HOLD max",
     ]);
     for p in report.processes.iter().take(opts.rows) {
         let l = &p.mmap_lock;
@@ -201,7 +210,11 @@ pub fn detail(p: &ProcessStats) -> String {
         let _ = writeln!(out, "   {line}");
     }
     if p.mmap_lock.downgrades > 0 {
-        let _ = writeln!(out, "   write locks downgraded to read: {}", p.mmap_lock.downgrades);
+        let _ = writeln!(
+            out,
+            "   write locks downgraded to read: {}",
+            p.mmap_lock.downgrades
+        );
     }
 
     if !p.contexts.is_empty() {
@@ -218,7 +231,8 @@ pub fn detail(p: &ProcessStats) -> String {
         let mut rows: Vec<_> = p.contexts.iter().collect();
         // Writers first, then by total hold.
         rows.sort_by(|a, b| {
-            (b.mode == LockMode::Write, b.hold.sum()).cmp(&(a.mode == LockMode::Write, a.hold.sum()))
+            (b.mode == LockMode::Write, b.hold.sum())
+                .cmp(&(a.mode == LockMode::Write, a.hold.sum()))
         });
         for c in rows {
             let name = if c.remote {
@@ -305,7 +319,10 @@ mod tests {
         }
         assert!(text.contains("fell back to mmap_lock 10"), "{text}");
         let munmap = text.lines().find(|l| l.contains("munmap")).unwrap();
-        assert!(munmap.contains("write") && munmap.contains("2.50ms"), "{munmap}");
+        assert!(
+            munmap.contains("write") && munmap.contains("2.50ms"),
+            "{munmap}"
+        );
     }
 
     #[test]

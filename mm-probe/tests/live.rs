@@ -1,0 +1,189 @@
+//! Live tests: the real eBPF programs on the running kernel, against child
+//! processes with a known mm footprint. They need root (or CAP_BPF and
+//! CAP_PERFMON); elsewhere they skip with the reason, and under CI=true a
+//! skip fails.
+
+mod common;
+
+use common::{Gated, live};
+use mm_core::stats::{LockContext, LockMode, ProcessStats};
+use mm_probe::{
+    convert,
+    probe::{Probe, ProbeOptions},
+};
+
+fn probe_for(pid: u32) -> Probe {
+    Probe::load(&ProbeOptions {
+        pids: Some(vec![pid]),
+        ..Default::default()
+    })
+    .expect("load the probe")
+}
+
+fn stats_of(probe: &Probe, pid: u32) -> ProcessStats {
+    let snap = probe.snapshot().expect("read the maps");
+    let raw = snap
+        .processes
+        .get(&pid)
+        .unwrap_or_else(|| panic!("no stats for pid {pid}; have {:?}", snap.processes.keys()));
+    convert::process_stats(raw, "test".into(), snap.taken_ns)
+}
+
+fn context<'a>(
+    p: &'a ProcessStats,
+    name: &str,
+    mode: LockMode,
+) -> Option<&'a mm_core::stats::ContextStats> {
+    p.contexts
+        .iter()
+        .find(|c| c.context.name() == name && c.mode == mode && !c.remote)
+}
+
+#[test]
+fn touching_fresh_pages_yields_one_write_fault_each_and_untraced_processes_count_nothing() {
+    let Some(_guard) = live() else { return };
+    const N: u64 = 3000;
+    let mut traced = Gated::start(&["touch", "--pages", "3000"]);
+    let mut other = Gated::start(&["touch", "--pages", "3000"]);
+    let probe = probe_for(traced.pid());
+    let (traced_pid, other_pid) = (traced.pid(), other.pid());
+    traced.go();
+    other.go();
+    let done = traced.wait();
+    other.wait();
+    assert_eq!(done.pages_touched, N);
+
+    let p = stats_of(&probe, traced_pid);
+    let writes = p.faults.user.write_not_present;
+    assert!(
+        (N..=N + 16).contains(&writes),
+        "{writes} write-not-present faults for {N} touched pages"
+    );
+    // Fresh anonymous memory is served under the per-VMA lock except the
+    // first fault of the VMA, which falls back to prepare its anon_vma.
+    assert!(
+        p.faults.served_without_mmap_lock() >= N - 16,
+        "only {} of {N} faults avoided mmap_lock",
+        p.faults.served_without_mmap_lock()
+    );
+    let snap = probe.snapshot().unwrap();
+    assert!(
+        !snap.processes.contains_key(&other_pid),
+        "a process outside the filter was counted"
+    );
+    assert_eq!(
+        snap.counters.iter().sum::<u64>(),
+        0,
+        "drops: {:?}",
+        snap.counters
+    );
+}
+
+#[test]
+fn mmap_munmap_pairs_are_write_acquisitions_attributed_to_mmap_and_munmap() {
+    let Some(_guard) = live() else { return };
+    const K: u64 = 250;
+    let mut w = Gated::start(&["mmap-munmap", "--pairs", "250", "--pages", "4"]);
+    let probe = probe_for(w.pid());
+    let pid = w.pid();
+    w.go();
+    let done = w.wait();
+    assert_eq!((done.mmaps, done.munmaps), (K, K));
+
+    let p = stats_of(&probe, pid);
+    assert!(
+        p.mmap_lock.write.acquisitions >= 2 * K,
+        "{} write acquisitions for {K} mmap+munmap pairs",
+        p.mmap_lock.write.acquisitions
+    );
+    let mmap = context(&p, "mmap", LockMode::Write).expect("mmap write context");
+    let munmap = context(&p, "munmap", LockMode::Write).expect("munmap write context");
+    assert!(
+        (K..=K + 4).contains(&mmap.acquisitions),
+        "mmap: {}",
+        mmap.acquisitions
+    );
+    assert!(
+        (K..=K + 4).contains(&munmap.acquisitions),
+        "munmap: {}",
+        munmap.acquisitions
+    );
+    assert_eq!(
+        mmap.hold.count(),
+        mmap.acquisitions,
+        "every mmap hold measured"
+    );
+    // munmap write-locks, then downgrades to read for the zap (since 4.20).
+    assert!(
+        p.mmap_lock.downgrades >= K,
+        "downgrades {}",
+        p.mmap_lock.downgrades
+    );
+    assert!(matches!(mmap.context, LockContext::Syscall { nr: 9, .. }));
+}
+
+#[test]
+fn munmap_of_populated_regions_holds_the_lock_while_faulters_wait() {
+    let Some(_guard) = live() else { return };
+    let mut w = Gated::start(&[
+        "fault-vs-munmap",
+        "--threads",
+        "4",
+        "--duration",
+        "2s",
+        "--region-mib",
+        "32",
+    ]);
+    let probe = probe_for(w.pid());
+    let pid = w.pid();
+    w.go();
+    let done = w.wait();
+    assert!(done.munmaps > 10, "{done:?}");
+
+    let p = stats_of(&probe, pid);
+    let munmap = context(&p, "munmap", LockMode::Write).expect("munmap write holds");
+    assert!(munmap.acquisitions >= done.munmaps, "{munmap:?}");
+    assert!(munmap.hold.count() > 0 && munmap.hold.sum() > 0);
+    let read = &p.mmap_lock.read;
+    assert!(read.wait.count() > 0, "no read waits: {read:?}");
+    assert!(
+        read.contended > 0,
+        "faulters never waited for the lock: {read:?}"
+    );
+    // The faulters' first touch of each fresh VMA falls back to mmap_lock.
+    let fault = context(&p, "fault", LockMode::Read).expect("fault-context reads");
+    assert!(fault.acquisitions > 0);
+    assert!(p.faults.mmap_lock_fallbacks > 0);
+    assert!(p.faults.mmap_lock_fallbacks <= p.faults.user.total());
+}
+
+#[test]
+fn readers_of_another_process_mm_are_counted_as_remote_on_the_owner() {
+    let Some(_guard) = live() else { return };
+    let mut w = Gated::start(&["touch", "--pages", "16"]);
+    let probe = probe_for(w.pid());
+    let pid = w.pid();
+    // smaps_rollup walks the target's VMAs under its mmap_lock (read).
+    for _ in 0..20 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+        assert!(text.contains("Rss:"));
+    }
+    let p = stats_of(&probe, pid);
+    let remote: u64 = p
+        .contexts
+        .iter()
+        .filter(|c| c.remote && c.mode == LockMode::Read)
+        .map(|c| c.acquisitions)
+        .sum();
+    assert!(remote >= 20, "remote reads {remote}: {:?}", p.contexts);
+    assert!(p.mmap_lock.read.remote >= 20);
+    assert!(
+        p.contexts
+            .iter()
+            .any(|c| c.remote && c.context.name() == "read"),
+        "the remote reads are attributed to the reader's read(2): {:?}",
+        p.contexts
+    );
+    w.go();
+    w.wait();
+}
