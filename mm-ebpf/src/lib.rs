@@ -51,10 +51,14 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `RingBuf` of [`super::Event`]
     pub const EVENTS: &str = "EVENTS";
-    /// `LruHashMap<InflightKey, Inflight>`
-    pub const INFLIGHT: &str = "INFLIGHT";
-    /// `LruHashMap<u32 /* tid */, ThreadState>`
+    /// `LruHashMap<u32 /* tid */, ThreadState>`: kernel-only (holds mm
+    /// pointers); mm-probe never reads it.
     pub const THREADS: &str = "THREADS";
+    /// `PerCpuArray<FaultSlot>`, one entry: see [`super::FaultSlot`].
+    pub const FAULT_SLOTS: &str = "FAULT_SLOTS";
+    /// `Array<u64>`, one entry: bumped whenever a process's traced verdict
+    /// may have changed (exit, exec, a pid added to the filter).
+    pub const EPOCH: &str = "EPOCH";
 }
 
 /// Global variables (`.rodata`) the loader sets before the programs are
@@ -134,7 +138,7 @@ pub mod counters {
     /// Lost: `CONTEXTS` was full, a per-syscall update was not counted.
     pub const CONTEXTS_FULL: u32 = 2;
     /// A release whose acquisition was not seen (held since before attach,
-    /// or its in-flight entry was evicted from the bounded LRU map).
+    /// or its thread's entry was evicted from the bounded LRU map).
     pub const UNMATCHED_RELEASES: u32 = 3;
     /// A remote acquisition whose mm owner could not be resolved.
     pub const UNKNOWN_OWNER: u32 = 4;
@@ -267,25 +271,15 @@ impl RawContextStats {
     };
 }
 
-/// Key of the in-flight acquisition map: one thread on one mm. A thread can
-/// hold two mmap_locks at once (fork write-locks the parent's and the
-/// child's), hence the mm in the key. The mm pointer never leaves the kernel
-/// maps: mm-probe does not read this map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InflightKey {
-    /// `struct mm_struct *` as an integer.
-    pub mm: u64,
-    /// Thread id.
-    pub tid: u32,
-    /// Zero.
-    pub pad: u32,
-}
-
-/// An acquisition in progress or a lock held.
+/// An acquisition in progress or a lock held, in one of the two slots of a
+/// thread's [`ThreadState`] (a thread holds at most two mmap_locks: fork
+/// write-locks the parent's and the child's).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Inflight {
+    /// `struct mm_struct *` whose lock this is; 0 for a free slot. Never
+    /// leaves the kernel.
+    pub mm: u64,
     /// `mmap_lock_start_locking` time; 0 for a trylock.
     pub start_ns: u64,
     /// `mmap_lock_acquire_returned` time; 0 while still waiting.
@@ -306,17 +300,94 @@ pub struct Inflight {
     pub pad: u32,
 }
 
-/// Per-thread state: the system call the thread is in.
+/// [`ThreadState::nr`] of a thread that is not in a system call.
+pub const NOT_IN_SYSCALL: i32 = -1;
+
+/// The per-CPU fault slot: fault counters of the last process that faulted
+/// on this CPU, so that the fault path increments a per-CPU array entry (a
+/// lookup the verifier inlines) instead of looking the process up in the
+/// `STATS` hash on every fault. When a different process faults on the CPU,
+/// the counts are flushed into its `STATS` entry and `generation` is bumped.
+///
+/// Readers must read `STATS` first and the slots second: a flush in between
+/// is then missed, never double counted, and a changed `generation` across
+/// the read tells them to read again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultSlot {
+    /// Process being counted (0: none).
+    pub tgid: u32,
+    /// 1 when `tgid` is traced (it then has a `STATS` entry).
+    pub traced: u32,
+    /// Bumped by every flush.
+    pub generation: u64,
+    /// `EPOCH` when the verdict was taken; a newer epoch forces a re-check.
+    pub epoch: u64,
+    /// Unflushed user-mode faults of `tgid`, by kind.
+    pub user_faults: [u64; FAULT_KINDS],
+    /// Unflushed kernel-mode faults of `tgid`, by kind.
+    pub kernel_faults: [u64; FAULT_KINDS],
+    /// Thread whose user fault is being handled on this CPU (the per-VMA
+    /// lock fallback mark), 0 when none.
+    pub mark_tid: u32,
+    /// 1 once that fault's fallback has been counted.
+    pub mark_counted: u32,
+}
+
+impl FaultSlot {
+    /// An empty slot.
+    pub const ZERO: Self = Self {
+        tgid: 0,
+        traced: 0,
+        generation: 0,
+        epoch: 0,
+        user_faults: [0; FAULT_KINDS],
+        kernel_faults: [0; FAULT_KINDS],
+        mark_tid: 0,
+        mark_counted: 0,
+    };
+}
+
+impl Inflight {
+    /// A free slot.
+    pub const FREE: Self = Self {
+        mm: 0,
+        start_ns: 0,
+        acquired_ns: 0,
+        owner: 0,
+        nr: 0,
+        write: 0,
+        contended: 0,
+        remote: 0,
+        trylock: 0,
+        pad: 0,
+    };
+}
+
+/// Per-thread state, updated in place (an LRU insert or delete per event
+/// would cost several times the rest of the program).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadState {
-    /// Syscall number.
+    /// Syscall number, or [`NOT_IN_SYSCALL`].
     pub nr: i32,
     /// Zero.
     pub pad: u32,
+    /// mmap_lock acquisitions in flight or held by this thread.
+    pub held: [Inflight; 2],
 }
 
-/// Current write holder of a process's mmap_lock; value of `HOLDERS`.
+impl ThreadState {
+    /// A thread outside any syscall, holding nothing.
+    pub const NEW: Self = Self {
+        nr: NOT_IN_SYSCALL,
+        pad: 0,
+        held: [Inflight::FREE; 2],
+    };
+}
+
+/// Current write holder of a process's mmap_lock; value of `HOLDERS`,
+/// updated in place: `tid == 0` when the lock is not write-held.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteHolder {
@@ -388,11 +459,11 @@ mod pod {
     unsafe impl aya::Pod for super::RawProcStats {}
     unsafe impl aya::Pod for super::ContextKey {}
     unsafe impl aya::Pod for super::RawContextStats {}
-    unsafe impl aya::Pod for super::InflightKey {}
     unsafe impl aya::Pod for super::Inflight {}
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::WriteHolder {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::FaultSlot {}
 }
 
 /// Index of a fault kind from an x86 page-fault error code
@@ -480,8 +551,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<RawHist>(), 66 * 8);
         assert_eq!(core::mem::size_of::<RawModeStats>(), 6 * 8 + 2 * 66 * 8);
         assert_eq!(core::mem::size_of::<ContextKey>(), 12);
-        assert_eq!(core::mem::size_of::<InflightKey>(), 16);
-        assert_eq!(core::mem::size_of::<Inflight>(), 32);
+        assert_eq!(core::mem::size_of::<Inflight>(), 40);
+        assert_eq!(core::mem::size_of::<ThreadState>(), 88);
         assert_eq!(core::mem::size_of::<Event>(), 40);
+        assert_eq!(core::mem::size_of::<FaultSlot>(), 24 + 12 * 8 + 8);
     }
 }

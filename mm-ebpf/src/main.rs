@@ -20,7 +20,7 @@
 //! Attribution: an mmap_lock event is keyed by the process that owns the mm
 //! (the current process, or `mm->owner`'s tgid for a remote locker such as a
 //! reader of /proc/PID/maps or khugepaged). The mm pointer stays inside the
-//! kernel maps (`INFLIGHT`); nothing userspace reads contains it.
+//! kernel-only `THREADS` map; nothing userspace reads contains it.
 //!
 //! Per-VMA lock fallback: a fault served under a per-VMA lock never touches
 //! mmap_lock. A fault that falls back takes mmap_lock for read between the
@@ -41,8 +41,8 @@ mod programs {
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
             generated::{
-                bpf_get_current_ancestor_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf,
-                bpf_ktime_get_ns, bpf_task_pt_regs,
+                bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf, bpf_ktime_get_ns,
+                bpf_task_pt_regs,
             },
         },
         macros::{map, raw_tracepoint},
@@ -50,10 +50,10 @@ mod programs {
         programs::RawTracePointContext,
     };
     use mm_ebpf::{
-        CONTEXT_FAULT, CONTEXT_OTHER, ContextKey, Event, FAULT_KINDS, HIST_BUCKETS, Inflight,
-        InflightKey, MODE_READ, MODE_WRITE, OFFSET_UNKNOWN, RawContextStats, RawHist, RawProcStats,
-        ThreadState, WriteHolder, counters, event_flags, event_kind, event_mask, fault_kind_index,
-        filter, log2_bucket, verdict,
+        CONTEXT_FAULT, CONTEXT_OTHER, ContextKey, Event, FAULT_KINDS, FaultSlot, HIST_BUCKETS,
+        Inflight, MODE_READ, MODE_WRITE, NOT_IN_SYSCALL, OFFSET_UNKNOWN, RawContextStats, RawHist,
+        RawProcStats, ThreadState, WriteHolder, counters, event_flags, event_kind, event_mask,
+        fault_kind_index, filter, log2_bucket, verdict,
     };
 
     // ---- load-time globals (see mm_ebpf::globals) -------------------------
@@ -110,29 +110,23 @@ mod programs {
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
     #[map]
     static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
-    /// Bounded: an acquisition whose release is never seen is evicted.
-    #[map]
-    static INFLIGHT: LruHashMap<InflightKey, Inflight> = LruHashMap::with_max_entries(16384, 0);
-    /// Threads currently inside a system call. Bounded the same way.
+    /// Per thread: syscall and the mmap_locks in flight or held. Bounded:
+    /// the least recently used entry is evicted when full, and a thread's
+    /// entry is deleted when it exits.
     #[map]
     static THREADS: LruHashMap<u32, ThreadState> = LruHashMap::with_max_entries(32768, 0);
-    /// Per CPU: the thread whose user fault is being handled on this CPU.
+    /// Per CPU: the fault counters of the last process that faulted here,
+    /// and the per-VMA lock fallback mark (see mm_ebpf::FaultSlot).
     #[map]
-    static FAULT_MARK: PerCpuArray<FaultMark> = PerCpuArray::with_max_entries(1, 0);
+    static FAULT_SLOTS: PerCpuArray<FaultSlot> = PerCpuArray::with_max_entries(1, 0);
+    /// Bumped when a verdict may have changed; slots re-check on a new epoch.
+    #[map]
+    static EPOCH: Array<u64> = Array::with_max_entries(1, 0);
     /// Zero templates for creating map entries too large for the BPF stack.
     #[map]
     static ZERO_PROC: Array<RawProcStats> = Array::with_max_entries(1, 0);
     #[map]
     static ZERO_CONTEXT: Array<RawContextStats> = Array::with_max_entries(1, 0);
-
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct FaultMark {
-        tid: u32,
-        /// 1 once this fault's fallback has been counted (a retried fault
-        /// takes the lock again and must not count twice).
-        counted: u32,
-    }
 
     // ---- small helpers ------------------------------------------------------
 
@@ -275,7 +269,44 @@ mod programs {
         0
     }
 
+    #[inline(always)]
+    fn epoch() -> u64 {
+        EPOCH.get(0).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn bump_epoch() {
+        if let Some(e) = EPOCH.get_ptr_mut(0) {
+            // A lost concurrent increment still changes the value, which is
+            // all the slots look at.
+            // SAFETY: a map value valid for the program's run.
+            unsafe { *e += 1 };
+        }
+    }
+
+    /// Move a slot's counts into its process's `STATS` entry (if it still
+    /// has one: after userspace forgot an exited process they are dropped).
+    #[inline(always)]
+    fn flush(slot: &mut FaultSlot) {
+        if slot.traced != 0 {
+            if let Some(p) = STATS.get_ptr_mut(slot.tgid) {
+                // SAFETY: per-CPU map value, valid for the program's run.
+                let stats = unsafe { &mut *p };
+                for i in 0..FAULT_KINDS {
+                    stats.user_faults[i] += slot.user_faults[i];
+                    stats.kernel_faults[i] += slot.kernel_faults[i];
+                }
+            }
+        }
+        slot.user_faults = [0; FAULT_KINDS];
+        slot.kernel_faults = [0; FAULT_KINDS];
+        slot.generation += 1;
+    }
+
     /// `trace_page_fault_{user,kernel}(address, regs, error_code)`.
+    ///
+    /// The hot path: one per-CPU array access when the same process keeps
+    /// faulting on this CPU.
     #[inline(always)]
     fn on_fault(ctx: &RawTracePointContext, user: bool) {
         let address: u64 = ctx.arg(0);
@@ -286,25 +317,35 @@ mod programs {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tgid = (pid_tgid >> 32) as u32;
         let tid = pid_tgid as u32;
-        if !traced_local(tgid) {
-            return;
-        }
-        let Some(stats) = proc_stats(tgid, true) else {
+        let Some(slot) = FAULT_SLOTS.get_ptr_mut(0) else {
             return;
         };
+        // SAFETY: per-CPU value; tracepoint programs run with preemption
+        // disabled, so nothing else on this CPU touches it meanwhile.
+        let slot = unsafe { &mut *slot };
+        let now_epoch = epoch();
+        if slot.tgid != tgid || slot.epoch != now_epoch {
+            flush(slot);
+            slot.tgid = tgid;
+            slot.epoch = now_epoch;
+            // Creating the STATS entry now, while current is the process,
+            // also records its comm.
+            slot.traced = u32::from(traced_local(tgid) && proc_stats(tgid, true).is_some());
+        }
+        if slot.traced == 0 {
+            return;
+        }
         let kind = fault_kind_index(error_code);
         if kind < FAULT_KINDS {
             if user {
-                stats.user_faults[kind] += 1;
+                slot.user_faults[kind] += 1;
             } else {
-                stats.kernel_faults[kind] += 1;
+                slot.kernel_faults[kind] += 1;
             }
         }
         if user {
-            if let Some(mark) = FAULT_MARK.get_ptr_mut(0) {
-                // SAFETY: per-CPU value.
-                unsafe { *mark = FaultMark { tid, counted: 0 } };
-            }
+            slot.mark_tid = tid;
+            slot.mark_counted = 0;
         }
         if global(&EVENT_MASK) & event_mask::FAULTS != 0 {
             emit(Event {
@@ -338,19 +379,15 @@ mod programs {
             return 0;
         }
         let id: i64 = ctx.arg(1);
-        let _ = THREADS.insert(
-            tid,
-            ThreadState {
-                nr: id as i32,
-                pad: 0,
-            },
-            0,
-        );
-        if let Some(mark) = FAULT_MARK.get_ptr_mut(0) {
+        // Updated in place: an LRU insert per syscall costs several times more.
+        if let Some(t) = thread_state(tid) {
+            t.nr = id as i32;
+        }
+        if let Some(slot) = FAULT_SLOTS.get_ptr_mut(0) {
             // SAFETY: per-CPU value.
             unsafe {
-                if (*mark).tid == tid {
-                    (*mark).tid = 0;
+                if (*slot).mark_tid == tid {
+                    (*slot).mark_tid = 0;
                 }
             }
         }
@@ -361,7 +398,10 @@ mod programs {
     #[raw_tracepoint(tracepoint = "sys_exit")]
     pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
         let tid = bpf_get_current_pid_tgid() as u32;
-        let _ = THREADS.remove(tid);
+        if let Some(t) = THREADS.get_ptr_mut(tid) {
+            // SAFETY: this thread's own entry.
+            unsafe { (*t).nr = NOT_IN_SYSCALL };
+        }
         0
     }
 
@@ -371,9 +411,15 @@ mod programs {
     /// whether the current task is a user task (has an mm of its own).
     #[inline(always)]
     fn resolve_owner(mm: u64, tgid: u32) -> Option<(u32, bool, bool)> {
-        // SAFETY: helper without arguments.
-        let task = unsafe { bpf_get_current_task() };
-        let own_mm: u64 = read_kernel(task + global(&OFF_TASK_MM)).unwrap_or(0);
+        // current->mm as a direct, BTF-checked load: the offset is a frozen
+        // .rodata constant, so the verifier checks it against task_struct
+        // and the JIT emits one exception-handled load instead of a helper.
+        // SAFETY: the current task is always valid; the offset is that of
+        // task_struct.mm, read from this kernel's BTF.
+        let own_mm = unsafe {
+            let task = bpf_get_current_task_btf() as *const u8;
+            core::ptr::read_volatile(task.add(global(&OFF_TASK_MM) as usize) as *const u64)
+        };
         if own_mm == mm {
             return Some((tgid, false, true));
         }
@@ -401,12 +447,46 @@ mod programs {
         Some((owner, owner != tgid, own_mm != 0))
     }
 
+    /// This thread's state, created on first use.
+    #[inline(always)]
+    fn thread_state(tid: u32) -> Option<&'static mut ThreadState> {
+        if let Some(p) = THREADS.get_ptr_mut(tid) {
+            // SAFETY: this thread's own entry, valid for the program's run.
+            return Some(unsafe { &mut *p });
+        }
+        let _ = THREADS.insert(tid, ThreadState::NEW, BPF_NOEXIST as u64);
+        // SAFETY: as above.
+        THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+    }
+
+    /// The slot of `mm` in this thread's state.
+    #[inline(always)]
+    fn find_slot(t: &mut ThreadState, mm: u64) -> Option<&mut Inflight> {
+        t.held.iter_mut().find(|h| h.mm == mm)
+    }
+
+    /// The slot of `mm`, or a free one.
+    #[inline(always)]
+    fn slot_for(t: &mut ThreadState, mm: u64) -> Option<&mut Inflight> {
+        let i = if t.held[0].mm == mm {
+            0
+        } else if t.held[1].mm == mm {
+            1
+        } else if t.held[0].mm == 0 {
+            0
+        } else if t.held[1].mm == 0 {
+            1
+        } else {
+            return None; // already two in flight: this one goes untimed
+        };
+        Some(&mut t.held[i])
+    }
+
     /// Lock context of the current thread; the bool is "in a user fault".
     /// `remote_user` is set for a user task locking another process's mm.
     #[inline(always)]
-    fn lock_context(tid: u32, remote_user: bool) -> (i32, bool) {
-        // SAFETY: value read once.
-        if let Some(t) = unsafe { THREADS.get(tid) } {
+    fn lock_context(t: &ThreadState, tid: u32, remote_user: bool) -> (i32, bool) {
+        if t.nr != NOT_IN_SYSCALL {
             return (t.nr, false);
         }
         if remote_user {
@@ -416,8 +496,8 @@ mod programs {
             // saved user registers. Rare, so the extra reads are cheap.
             return (syscall_from_regs(), false);
         }
-        if let Some(mark) = FAULT_MARK.get(0) {
-            if mark.tid == tid {
+        if let Some(slot) = FAULT_SLOTS.get(0) {
+            if slot.mark_tid == tid {
                 return (CONTEXT_FAULT, true);
             }
         }
@@ -442,11 +522,11 @@ mod programs {
     /// Count a per-VMA lock fallback once per fault.
     #[inline(always)]
     fn count_fallback(stats: &mut RawProcStats) {
-        if let Some(mark) = FAULT_MARK.get_ptr_mut(0) {
+        if let Some(slot) = FAULT_SLOTS.get_ptr_mut(0) {
             // SAFETY: per-CPU value.
             unsafe {
-                if (*mark).counted == 0 {
-                    (*mark).counted = 1;
+                if (*slot).mark_counted == 0 {
+                    (*slot).mark_counted = 1;
                     stats.fault_fallbacks += 1;
                 }
             }
@@ -472,10 +552,16 @@ mod programs {
         v & 0xff != 0
     }
 
-    /// Resolve owner, apply the filter, find the context: the common start
-    /// of a new acquisition (blocking or trylock).
+    /// Resolve the owner, apply the filter, find the context: the common
+    /// start of a new acquisition (blocking or trylock). Returns the
+    /// acquisition and this thread's state.
     #[inline(always)]
-    fn begin(mm: u64, write: bool, start_ns: u64, trylock: bool) -> Option<Inflight> {
+    fn begin(
+        mm: u64,
+        write: bool,
+        start_ns: u64,
+        trylock: bool,
+    ) -> Option<(Inflight, &'static mut ThreadState)> {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tgid = (pid_tgid >> 32) as u32;
         let tid = pid_tgid as u32;
@@ -488,13 +574,15 @@ mod programs {
         if !traced {
             return None;
         }
-        let (nr, in_fault) = lock_context(tid, remote && user_task);
+        let t = thread_state(tid)?;
+        let (nr, in_fault) = lock_context(t, tid, remote && user_task);
         if in_fault && !write && !remote {
             if let Some(stats) = proc_stats(owner, true) {
                 count_fallback(stats);
             }
         }
-        Some(Inflight {
+        let inflight = Inflight {
+            mm,
             start_ns,
             acquired_ns: 0,
             owner,
@@ -504,7 +592,8 @@ mod programs {
             remote: remote as u8,
             trylock: trylock as u8,
             pad: 0,
-        })
+        };
+        Some((inflight, t))
     }
 
     /// `trace_mmap_lock_start_locking(mm, write)` (6.14+)
@@ -524,13 +613,10 @@ mod programs {
         let mm: u64 = ctx.arg(0);
         let write = mmap_lock_write_arg::<SHIFT>(ctx);
         let ts = now();
-        if let Some(inflight) = begin(mm, write, ts, false) {
-            let key = InflightKey {
-                mm,
-                tid: bpf_get_current_pid_tgid() as u32,
-                pad: 0,
-            };
-            let _ = INFLIGHT.insert(key, inflight, 0);
+        if let Some((inflight, t)) = begin(mm, write, ts, false) {
+            if let Some(slot) = slot_for(t, mm) {
+                *slot = inflight;
+            }
         }
         0
     }
@@ -555,23 +641,24 @@ mod programs {
         let ts = now();
         let pid_tgid = bpf_get_current_pid_tgid();
         let tid = pid_tgid as u32;
-        let key = InflightKey { mm, tid, pad: 0 };
 
-        if let Some(p) = INFLIGHT.get_ptr_mut(key) {
-            // SAFETY: LRU map value; this thread is the only writer of its key.
-            let inflight = unsafe { &mut *p };
-            if inflight.acquired_ns == 0 && inflight.start_ns != 0 {
-                blocking_acquired(&key, inflight, success, ts);
-                return 0;
+        if let Some(p) = THREADS.get_ptr_mut(tid) {
+            // SAFETY: this thread's own entry.
+            let t = unsafe { &mut *p };
+            if let Some(slot) = find_slot(t, mm) {
+                if slot.acquired_ns == 0 && slot.start_ns != 0 {
+                    blocking_acquired(slot, success, ts, tid, (pid_tgid >> 32) as u32);
+                    return 0;
+                }
+                if slot.acquired_ns != 0 && slot.write != 0 && !write && success {
+                    downgraded(slot, ts, tid);
+                    return 0;
+                }
+                // Anything else means a release was missed: start over.
             }
-            if inflight.acquired_ns != 0 && inflight.write != 0 && !write && success {
-                downgraded(inflight, ts, tid, (pid_tgid >> 32) as u32);
-                return 0;
-            }
-            // Anything else means a release was missed: start over.
         }
         // No start_locking seen: a trylock.
-        let Some(mut inflight) = begin(mm, write, 0, true) else {
+        let Some((mut inflight, t)) = begin(mm, write, 0, true) else {
             return 0;
         };
         let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) else {
@@ -604,7 +691,9 @@ mod programs {
         if write {
             set_holder(&inflight, ts, tid, (pid_tgid >> 32) as u32);
         }
-        let _ = INFLIGHT.insert(key, inflight, 0);
+        if let Some(slot) = slot_for(t, mm) {
+            *slot = inflight;
+        }
         0
     }
 
@@ -646,6 +735,7 @@ mod programs {
         }
     }
 
+    /// Record the write holder, in place after the process's first write.
     #[inline(always)]
     fn set_holder(inflight: &Inflight, ts: u64, tid: u32, tgid: u32) {
         let holder = WriteHolder {
@@ -655,17 +745,35 @@ mod programs {
             nr: inflight.nr,
             pad: 0,
         };
-        let _ = HOLDERS.insert(inflight.owner, holder, 0);
+        match HOLDERS.get_ptr_mut(inflight.owner) {
+            // SAFETY: map value; one writer holds this lock at a time.
+            Some(h) => unsafe { *h = holder },
+            None => {
+                let _ = HOLDERS.insert(inflight.owner, holder, 0);
+            }
+        }
     }
 
     #[inline(always)]
-    fn blocking_acquired(key: &InflightKey, inflight: &mut Inflight, success: bool, ts: u64) {
-        let wait = ts.saturating_sub(inflight.start_ns);
-        let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) else {
-            let _ = INFLIGHT.remove(key);
+    fn clear_holder(owner: u32, tid: u32) {
+        if let Some(h) = HOLDERS.get_ptr_mut(owner) {
+            // SAFETY: map value; only the holder clears it.
+            unsafe {
+                if (*h).tid == tid {
+                    (*h).tid = 0;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn blocking_acquired(slot: &mut Inflight, success: bool, ts: u64, tid: u32, tgid: u32) {
+        let wait = ts.saturating_sub(slot.start_ns);
+        let Some(stats) = proc_stats(slot.owner, slot.remote == 0) else {
+            slot.mm = 0;
             return;
         };
-        let mode = &mut stats.modes[if inflight.write != 0 {
+        let mode = &mut stats.modes[if slot.write != 0 {
             MODE_WRITE
         } else {
             MODE_READ
@@ -674,37 +782,29 @@ mod programs {
             // A killable wait interrupted by a fatal signal.
             mode.lock_failures += 1;
             if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
-                emit(lock_event(
-                    event_kind::LOCK_FAILED,
-                    inflight,
-                    key.tid,
-                    ts,
-                    wait,
-                    0,
-                ));
+                emit(lock_event(event_kind::LOCK_FAILED, slot, tid, ts, wait, 0));
             }
-            let _ = INFLIGHT.remove(key);
+            slot.mm = 0;
             return;
         }
         mode.acquisitions += 1;
-        if inflight.contended != 0 {
+        if slot.contended != 0 {
             mode.contended += 1;
         }
-        if inflight.remote != 0 {
+        if slot.remote != 0 {
             mode.remote += 1;
         }
         hist_add(&mut mode.wait, wait);
-        if let Some(c) = context_stats(&context_key(inflight)) {
+        if let Some(c) = context_stats(&context_key(slot)) {
             c.acquisitions += 1;
-            if inflight.contended != 0 {
+            if slot.contended != 0 {
                 c.contended += 1;
             }
             hist_add(&mut c.wait, wait);
         }
-        inflight.acquired_ns = ts;
-        if inflight.write != 0 {
-            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            set_holder(inflight, ts, key.tid, tgid);
+        slot.acquired_ns = ts;
+        if slot.write != 0 {
+            set_holder(slot, ts, tid, tgid);
         }
     }
 
@@ -712,35 +812,35 @@ mod programs {
     /// thread holds the write lock, with no release in between. The write
     /// hold ends and a read hold begins; no wait and no new acquisition.
     #[inline(always)]
-    fn downgraded(inflight: &mut Inflight, ts: u64, tid: u32, _tgid: u32) {
-        let hold = ts.saturating_sub(inflight.acquired_ns);
-        if let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) {
+    fn downgraded(slot: &mut Inflight, ts: u64, tid: u32) {
+        let hold = ts.saturating_sub(slot.acquired_ns);
+        if let Some(stats) = proc_stats(slot.owner, slot.remote == 0) {
             stats.downgrades += 1;
             hist_add(&mut stats.modes[MODE_WRITE].hold, hold);
         }
-        if let Some(c) = context_stats(&context_key(inflight)) {
+        if let Some(c) = context_stats(&context_key(slot)) {
             hist_add(&mut c.hold, hold);
         }
         if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
-            let wait = if inflight.start_ns != 0 {
-                inflight.acquired_ns - inflight.start_ns
+            let wait = if slot.start_ns != 0 {
+                slot.acquired_ns - slot.start_ns
             } else {
                 0
             };
             emit(lock_event(
                 event_kind::LOCK_RELEASE,
-                inflight,
+                slot,
                 tid,
                 ts,
                 wait,
                 hold,
             ));
         }
-        let _ = HOLDERS.remove(inflight.owner);
-        inflight.write = 0;
-        inflight.acquired_ns = ts;
-        inflight.start_ns = 0;
-        inflight.contended = 0;
+        clear_holder(slot.owner, tid);
+        slot.write = 0;
+        slot.acquired_ns = ts;
+        slot.start_ns = 0;
+        slot.contended = 0;
     }
 
     /// `trace_mmap_lock_released(mm, write)`
@@ -750,13 +850,16 @@ mod programs {
         let ts = now();
         let pid_tgid = bpf_get_current_pid_tgid();
         let tid = pid_tgid as u32;
-        let key = InflightKey { mm, tid, pad: 0 };
-        // SAFETY: copy the value out before removing the entry.
-        let inflight = unsafe { INFLIGHT.get(key) }.copied();
-        let Some(inflight) = inflight.filter(|i| i.acquired_ns != 0) else {
-            if inflight.is_some() {
-                let _ = INFLIGHT.remove(key);
+        let mut held = None;
+        if let Some(p) = THREADS.get_ptr_mut(tid) {
+            // SAFETY: this thread's own entry.
+            let t = unsafe { &mut *p };
+            if let Some(slot) = find_slot(t, mm) {
+                held = Some(*slot);
+                slot.mm = 0;
             }
+        }
+        let Some(inflight) = held.filter(|i| i.acquired_ns != 0) else {
             // Only a traced process's release is a miss; untraced ones were
             // never tracked.
             if traced_local((pid_tgid >> 32) as u32) {
@@ -764,7 +867,6 @@ mod programs {
             }
             return 0;
         };
-        let _ = INFLIGHT.remove(key);
         let hold = ts.saturating_sub(inflight.acquired_ns);
         if let Some(stats) = proc_stats(inflight.owner, inflight.remote == 0) {
             let mode = if inflight.write != 0 {
@@ -778,7 +880,7 @@ mod programs {
             hist_add(&mut c.hold, hold);
         }
         if inflight.write != 0 {
-            let _ = HOLDERS.remove(inflight.owner);
+            clear_holder(inflight.owner, tid);
         }
         if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
             let wait = if inflight.start_ns != 0 {
@@ -813,16 +915,14 @@ mod programs {
             return 0;
         }
         let lock: u64 = ctx.arg(0);
-        let key = InflightKey {
-            mm: lock.wrapping_sub(off),
-            tid: bpf_get_current_pid_tgid() as u32,
-            pad: 0,
-        };
-        if let Some(p) = INFLIGHT.get_ptr_mut(key) {
+        let mm = lock.wrapping_sub(off);
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if let Some(p) = THREADS.get_ptr_mut(tid) {
             // SAFETY: this thread's own entry.
-            unsafe {
-                if (*p).acquired_ns == 0 {
-                    (*p).contended = 1;
+            let t = unsafe { &mut *p };
+            if let Some(slot) = find_slot(t, mm) {
+                if slot.acquired_ns == 0 {
+                    slot.contended = 1;
                 }
             }
         }
@@ -869,6 +969,9 @@ mod programs {
                 let _ = COMMS.insert(tgid, comm, 0);
             }
         }
+        if global(&FILTER) & (filter::COMM | filter::CGROUP) != 0 {
+            bump_epoch(); // fault slots re-check the verdict
+        }
         0
     }
 
@@ -892,6 +995,7 @@ mod programs {
             }
             // The pid may be reused by an unrelated process.
             let _ = ALLOWED.remove(tgid);
+            bump_epoch();
         }
         0
     }

@@ -15,13 +15,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProgramError, RawTracePoint},
 };
 use mm_core::stats::Unavailable;
 use mm_ebpf::{
-    ContextKey, OFFSET_UNKNOWN, RawContextStats, RawHist, RawModeStats, RawProcStats, WriteHolder,
-    counters, event_mask, filter, globals, maps, verdict,
+    ContextKey, FaultSlot, OFFSET_UNKNOWN, RawContextStats, RawHist, RawModeStats, RawProcStats,
+    WriteHolder, counters, event_mask, filter, globals, maps, verdict,
 };
 use thiserror::Error;
 
@@ -199,6 +199,8 @@ pub struct Probe {
     comms: HashMap<MapData, u32, [u8; 16]>,
     exited: HashMap<MapData, u32, u64>,
     counters: PerCpuArray<MapData, u64>,
+    fault_slots: PerCpuArray<MapData, FaultSlot>,
+    epoch: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     attached: Vec<&'static str>,
     unavailable: Vec<Unavailable>,
@@ -494,6 +496,8 @@ impl Probe {
         let comms = take_map(&mut ebpf, maps::COMMS, HashMap::try_from)?;
         let exited = take_map(&mut ebpf, maps::EXITED, HashMap::try_from)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS, PerCpuArray::try_from)?;
+        let fault_slots = take_map(&mut ebpf, maps::FAULT_SLOTS, PerCpuArray::try_from)?;
+        let epoch = take_map(&mut ebpf, maps::EPOCH, Array::try_from)?;
         let events = if events != 0 {
             Some(take_map(&mut ebpf, maps::EVENTS, RingBuf::try_from)?)
         } else {
@@ -508,6 +512,8 @@ impl Probe {
             comms,
             exited,
             counters,
+            fault_slots,
+            epoch,
             events,
             attached,
             unavailable,
@@ -526,7 +532,29 @@ impl Probe {
             .map_err(|source| ProbeError::Map {
                 map: maps::ALLOWED,
                 source,
+            })?;
+        // Fault slots that cached "not traced" for this pid re-check.
+        let e = self.epoch.get(&0, 0).map_err(|source| ProbeError::Map {
+            map: maps::EPOCH,
+            source,
+        })?;
+        self.epoch
+            .set(0, e.wrapping_add(1), 0)
+            .map_err(|source| ProbeError::Map {
+                map: maps::EPOCH,
+                source,
             })
+    }
+
+    fn read_slots(&self) -> Result<Vec<FaultSlot>, ProbeError> {
+        let values = self
+            .fault_slots
+            .get(&0, 0)
+            .map_err(|source| ProbeError::Map {
+                map: maps::FAULT_SLOTS,
+                source,
+            })?;
+        Ok(values.iter().copied().collect())
     }
 
     /// Whether any filter is active.
@@ -549,8 +577,38 @@ impl Probe {
         self.events.take()
     }
 
-    /// Read every map once.
+    /// Read every map once: a consistent view of the fault counts (see
+    /// [`FaultSlot`]: maps first, then slots, again when a slot was flushed
+    /// while reading).
     pub fn snapshot(&self) -> Result<RawSnapshot, ProbeError> {
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            let before = self.read_slots()?;
+            let mut snap = self.read_maps()?;
+            let after = self.read_slots()?;
+            let stable = before
+                .iter()
+                .zip(&after)
+                .all(|(b, a)| b.generation == a.generation);
+            if stable || attempt == ATTEMPTS {
+                // After the last attempt a flush that raced the read is
+                // missing from this snapshot (never double counted); the
+                // next snapshot has it.
+                for slot in after.iter().filter(|s| s.traced != 0) {
+                    if let Some(p) = snap.processes.get_mut(&slot.tgid) {
+                        for i in 0..mm_ebpf::FAULT_KINDS {
+                            p.stats.user_faults[i] += slot.user_faults[i];
+                            p.stats.kernel_faults[i] += slot.kernel_faults[i];
+                        }
+                    }
+                }
+                return Ok(snap);
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn read_maps(&self) -> Result<RawSnapshot, ProbeError> {
         let taken_ns = crate::procfs::monotonic_ns();
         let map_err = |map: &'static str| move |source| ProbeError::Map { map, source };
 
@@ -604,6 +662,10 @@ impl Probe {
         }
         for item in self.holders.iter() {
             let Ok((tgid, holder)) = item else { continue };
+            // Updated in place: tid 0 means not write-held now.
+            if holder.tid == 0 {
+                continue;
+            }
             if let Some(p) = processes.get_mut(&tgid) {
                 p.holder = Some(holder);
             }

@@ -85,6 +85,10 @@ pub struct WorkloadResult {
     pub threads: u32,
     /// Wall time of the measured part.
     pub elapsed_ns: u64,
+    /// CPU time (user + system, all threads) of the measured part: unlike
+    /// wall time it is not inflated by time stolen by other guests.
+    #[serde(default)]
+    pub cpu_ns: u64,
     /// Pages written for the first time (each one a fault).
     pub pages_touched: u64,
     /// mmap calls.
@@ -103,6 +107,16 @@ pub fn gate() -> std::io::Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) this process has used, ns.
+pub fn process_cpu_ns() -> u64 {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 #[derive(Default)]
 struct Counters {
     pages: AtomicU64,
@@ -111,12 +125,19 @@ struct Counters {
 }
 
 impl Counters {
-    fn result(&self, workload: &str, threads: u32, elapsed: Duration) -> WorkloadResult {
+    fn result(
+        &self,
+        workload: &str,
+        threads: u32,
+        elapsed: Duration,
+        cpu_ns: u64,
+    ) -> WorkloadResult {
         WorkloadResult {
             workload: workload.into(),
             pid: std::process::id(),
             threads,
             elapsed_ns: elapsed.as_nanos() as u64,
+            cpu_ns,
             pages_touched: self.pages.load(Ordering::Relaxed),
             mmaps: self.mmaps.load(Ordering::Relaxed),
             munmaps: self.munmaps.load(Ordering::Relaxed),
@@ -142,12 +163,12 @@ pub fn touch(pages: usize, gated: bool) -> std::io::Result<WorkloadResult> {
     if gated {
         gate()?;
     }
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu_ns());
     c.pages.fetch_add(r.touch_all(), Ordering::Relaxed);
-    let elapsed = start.elapsed();
+    let (elapsed, cpu) = (start.elapsed(), process_cpu_ns() - cpu);
     drop(r);
     c.munmaps.fetch_add(1, Ordering::Relaxed);
-    Ok(c.result("touch", 1, elapsed))
+    Ok(c.result("touch", 1, elapsed, cpu))
 }
 
 /// `pairs` times: mmap `pages` pages and munmap them, untouched.
@@ -156,25 +177,26 @@ pub fn mmap_munmap(pairs: u64, pages: usize, gated: bool) -> std::io::Result<Wor
         gate()?;
     }
     let c = Counters::default();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu_ns());
     for _ in 0..pairs {
         let r = Region::map(pages * PAGE, false)?;
         c.mmaps.fetch_add(1, Ordering::Relaxed);
         drop(r);
         c.munmaps.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(c.result("mmap-munmap", 1, start.elapsed()))
+    Ok(c.result("mmap-munmap", 1, start.elapsed(), process_cpu_ns() - cpu))
 }
 
-/// Run `body` on `threads` threads until `duration` has passed.
+/// Run `body` on `threads` threads until `duration` has passed; returns
+/// the wall time and the process's CPU time over that span.
 fn for_duration(
     threads: u32,
     duration: Duration,
     body: impl Fn(u32, &AtomicBool) -> std::io::Result<()> + Send + Sync + 'static,
-) -> std::io::Result<Duration> {
+) -> std::io::Result<(Duration, u64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let body = Arc::new(body);
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu_ns());
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let stop = Arc::clone(&stop);
@@ -188,7 +210,7 @@ fn for_duration(
         h.join()
             .map_err(|_| std::io::Error::other("a workload thread panicked"))??;
     }
-    Ok(start.elapsed())
+    Ok((start.elapsed(), process_cpu_ns() - cpu))
 }
 
 /// The classic mmap_lock contention case: thread 0 maps `region_mib` MiB
@@ -208,7 +230,7 @@ pub fn fault_vs_munmap(
     let threads = threads.max(2);
     let c = Arc::new(Counters::default());
     let c2 = Arc::clone(&c);
-    let elapsed = for_duration(threads, duration, move |i, stop| {
+    let (elapsed, cpu) = for_duration(threads, duration, move |i, stop| {
         while !stop.load(Ordering::Relaxed) {
             if i == 0 {
                 let r = Region::map(region_mib << 20, true)?;
@@ -221,7 +243,7 @@ pub fn fault_vs_munmap(
         }
         Ok(())
     })?;
-    Ok(c.result("fault-vs-munmap", threads, elapsed))
+    Ok(c.result("fault-vs-munmap", threads, elapsed, cpu))
 }
 
 /// The overhead benchmark's load: each thread maps `size_mib` MiB, writes
@@ -239,13 +261,13 @@ pub fn fault_loop(
     let threads = threads.max(1);
     let c = Arc::new(Counters::default());
     let c2 = Arc::clone(&c);
-    let elapsed = for_duration(threads, duration, move |_, stop| {
+    let (elapsed, cpu) = for_duration(threads, duration, move |_, stop| {
         while !stop.load(Ordering::Relaxed) {
             c2.map_touch_unmap(size_mib << 20)?;
         }
         Ok(())
     })?;
-    Ok(c.result("fault-loop", threads, elapsed))
+    Ok(c.result("fault-loop", threads, elapsed, cpu))
 }
 
 #[cfg(test)]

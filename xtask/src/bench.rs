@@ -73,6 +73,13 @@ impl Mode {
 struct Sample {
     mode: Mode,
     pages_per_sec: f64,
+    /// CPU ns (user + system) the workload spent per page.
+    cpu_ns_per_page: f64,
+    /// Cycles and instructions (user + kernel) per page, from perf stat:
+    /// counted only while the workload runs, so time stolen by other
+    /// guests does not show; the most repeatable measure on a shared VM.
+    cycles_per_page: f64,
+    instructions_per_page: f64,
     pages_touched: u64,
     /// Write-not-present faults the tracer counted for the workload.
     faults_counted: Option<u64>,
@@ -165,6 +172,7 @@ struct Workload {
     pid: u64,
     pages: u64,
     elapsed_ns: u64,
+    cpu_ns: u64,
 }
 
 fn read_workload(path: &Path) -> Result<Workload> {
@@ -174,6 +182,7 @@ fn read_workload(path: &Path) -> Result<Workload> {
         pid: json_field(&text, "pid").context("no pid")?,
         pages: json_field(&text, "pages_touched").context("no pages_touched")?,
         elapsed_ns: json_field(&text, "elapsed_ns").context("no elapsed_ns")?,
+        cpu_ns: json_field(&text, "cpu_ns").context("no cpu_ns")?,
     })
 }
 
@@ -204,7 +213,13 @@ fn bpftrace_faults(output: &str, pid: u64) -> Option<u64> {
 fn run_once(o: &Options, mode: Mode, probe: &Path, dir: &Path, n: usize) -> Result<Sample> {
     let result = dir.join(format!("workload-{n}.json"));
     let report = dir.join(format!("probe-{n}.jsonl"));
-    let workload_args = |c: &mut Command| {
+    let perf_out = dir.join(format!("perf-{n}.csv"));
+    // perf stat -- mm-probe workload ...: perf counts only the workload.
+    let workload = |c: &mut Command| {
+        c.args(["stat", "-x,", "-e", "cycles,instructions", "-o"])
+            .arg(&perf_out)
+            .arg("--")
+            .arg(probe);
         c.args(["workload", "fault-loop", "--threads"])
             .arg(o.threads.to_string())
             .arg("--size-mib")
@@ -218,8 +233,8 @@ fn run_once(o: &Options, mode: Mode, probe: &Path, dir: &Path, n: usize) -> Resu
     let mut probe_losses = None;
     match mode {
         Mode::None => {
-            let mut c = Command::new(probe);
-            workload_args(&mut c);
+            let mut c = Command::new("perf");
+            workload(&mut c);
             crate::exec::exec(&mut c)?;
         }
         Mode::ProbeAll => {
@@ -229,8 +244,8 @@ fn run_once(o: &Options, mode: Mode, probe: &Path, dir: &Path, n: usize) -> Resu
                     .arg(&report),
                 "attached to",
             )?;
-            let mut c = Command::new(probe);
-            workload_args(&mut c);
+            let mut c = Command::new("perf");
+            workload(&mut c);
             crate::exec::exec(&mut c)?;
             interrupt_and_wait(&mut tracer)?;
             let w = read_workload(&result)?;
@@ -242,9 +257,8 @@ fn run_once(o: &Options, mode: Mode, probe: &Path, dir: &Path, n: usize) -> Resu
             let mut c = Command::new(probe);
             c.args(["run", "--interval", "1s", "--format", "json", "--output"])
                 .arg(&report)
-                .arg("--")
-                .arg(probe);
-            workload_args(&mut c);
+                .args(["--", "perf"]);
+            workload(&mut c);
             crate::exec::exec(&mut c)?;
             let w = read_workload(&result)?;
             let (f, l) = probe_faults(&report, w.pid)?;
@@ -259,8 +273,8 @@ fn run_once(o: &Options, mode: Mode, probe: &Path, dir: &Path, n: usize) -> Resu
             // bpftrace prints "Attaching N probes..." before attaching the
             // last ones; give it a moment.
             std::thread::sleep(Duration::from_millis(500));
-            let mut c = Command::new(probe);
-            workload_args(&mut c);
+            let mut c = Command::new("perf");
+            workload(&mut c);
             crate::exec::exec(&mut c)?;
             interrupt_and_wait(&mut tracer)?;
             let text = output
@@ -271,13 +285,30 @@ fn run_once(o: &Options, mode: Mode, probe: &Path, dir: &Path, n: usize) -> Resu
         }
     }
     let w = read_workload(&result)?;
+    let (cycles, instructions) = read_perf(&perf_out)?;
+    let pages = w.pages.max(1) as f64;
     Ok(Sample {
         mode,
+        cycles_per_page: cycles / pages,
+        instructions_per_page: instructions / pages,
         pages_per_sec: w.pages as f64 / (w.elapsed_ns as f64 / 1e9),
+        cpu_ns_per_page: w.cpu_ns as f64 / w.pages.max(1) as f64,
         pages_touched: w.pages,
         faults_counted,
         probe_losses,
     })
+}
+
+/// (cycles, instructions) from `perf stat -x,` output.
+fn read_perf(path: &Path) -> Result<(f64, f64)> {
+    let text = std::fs::read_to_string(path)?;
+    let field = |event: &str| -> Result<f64> {
+        text.lines()
+            .find(|l| l.split(',').nth(2).is_some_and(|e| e.starts_with(event)))
+            .and_then(|l| l.split(',').next()?.parse().ok())
+            .with_context(|| format!("perf counted no {event} (is the PMU available?): {text}"))
+    };
+    Ok((field("cycles")?, field("instructions")?))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -299,6 +330,7 @@ pub fn run(o: Options) -> Result<()> {
             "the overhead benchmark loads eBPF programs: run it as root (sudo -E cargo xtask bench-overhead)"
         );
     }
+    toolchain::ensure_debian_packages(&[("perf", "linux-perf")])?;
     if !o.no_bpftrace {
         toolchain::ensure_debian_packages(&[("bpftrace", "bpftrace")])?;
         // bpftrace's classic tracepoints need tracefs.
@@ -328,10 +360,11 @@ pub fn run(o: Options) -> Result<()> {
             n += 1;
             let s = run_once(&o, mode, &probe, &dir, n)?;
             eprintln!(
-                "round {} {:<34} {:>12.0} pages/s  touched {:>10}  counted {}",
+                "round {} {:<34} {:>10.0} pages/s {:>7.1} cpu-ns/page  touched {:>10}  counted {}",
                 round + 1,
                 mode.name(),
                 s.pages_per_sec,
+                s.cpu_ns_per_page,
                 s.pages_touched,
                 s.faults_counted
                     .map_or_else(|| "-".into(), |f| f.to_string())
@@ -340,36 +373,65 @@ pub fn run(o: Options) -> Result<()> {
         }
     }
 
-    let med = |m: Mode| {
-        median(
-            samples
-                .iter()
-                .filter(|s| s.mode == m)
-                .map(|s| s.pages_per_sec)
-                .collect(),
-        )
+    let med = |m: Mode, f: fn(&Sample) -> f64| {
+        median(samples.iter().filter(|s| s.mode == m).map(f).collect())
     };
-    let base = med(Mode::None);
+    let tput = |s: &Sample| s.pages_per_sec;
+    let cpu = |s: &Sample| s.cpu_ns_per_page;
+    let cyc = |s: &Sample| s.cycles_per_page;
+    let ins = |s: &Sample| s.instructions_per_page;
+    let (base_tput, base_cpu) = (med(Mode::None, tput), med(Mode::None, cpu));
+    let (base_cyc, base_ins) = (med(Mode::None, cyc), med(Mode::None, ins));
     println!(
         "\nprobe overhead: {} threads x {} MiB map/touch/unmap loop, {} rounds x {}s, medians",
         o.threads, o.size_mib, o.rounds, o.seconds
     );
-    println!("{:<34} {:>14} {:>10}", "mode", "pages/s", "slowdown");
+    println!(
+        "{:<34} {:>10} {:>9} {:>12} {:>8} {:>11} {:>8} {:>11} {:>8}",
+        "mode",
+        "pages/s",
+        "slowdown",
+        "cpu-ns/page",
+        "cost",
+        "cycles/page",
+        "cost",
+        "instr/page",
+        "cost"
+    );
+    let mut cost = std::collections::BTreeMap::new();
     for &m in &modes {
-        let v = med(m);
+        let (t, c, y, i) = (med(m, tput), med(m, cpu), med(m, cyc), med(m, ins));
+        let pct = |v: f64, base: f64| (v / base - 1.0) * 100.0;
+        let row = (
+            (1.0 - t / base_tput) * 100.0,
+            pct(c, base_cpu),
+            pct(y, base_cyc),
+            pct(i, base_ins),
+        );
+        cost.insert(m.name(), row);
         println!(
-            "{:<34} {:>14.0} {:>9.2}%",
+            "{:<34} {:>10.0} {:>8.2}% {:>12.1} {:>7.2}% {:>11.0} {:>7.2}% {:>11.0} {:>7.2}%",
             m.name(),
-            v,
-            (1.0 - v / base) * 100.0
+            t,
+            row.0,
+            c,
+            row.1,
+            y,
+            row.2,
+            i,
+            row.3
         );
     }
     if !o.no_bpftrace {
-        let probe_slow = 1.0 - med(Mode::ProbeAll) / base;
-        let bt_slow = 1.0 - med(Mode::Bpftrace) / base;
+        let p = cost[Mode::ProbeAll.name()];
+        let b = cost[Mode::Bpftrace.name()];
         println!(
-            "mm-probe (all processes) slowdown / bpftrace slowdown = {:.2}",
-            probe_slow / bt_slow
+            "mm-probe (all processes) / bpftrace cost ratio: throughput {:.2}, cpu time {:.2}, \
+             cycles {:.2}, instructions {:.2}",
+            p.0 / b.0,
+            p.1 / b.1,
+            p.2 / b.2,
+            p.3 / b.3
         );
     }
     let mut missed = 0u64;
