@@ -90,6 +90,9 @@ pub mod globals {
     /// `u64`: offset in `struct pt_regs` of the syscall number of a task in
     /// a system call (`orig_ax` on x86), or [`super::OFFSET_UNKNOWN`].
     pub const OFF_REGS_SYSCALL_NR: &str = "OFF_REGS_SYSCALL_NR";
+    /// `u32`: 1 when sys_enter/sys_exit are attached (syscall tracking);
+    /// otherwise contexts come from the tasks' saved registers.
+    pub const SYSCALLS_TRACKED: &str = "SYSCALLS_TRACKED";
     /// `u32`: 1 when `sched_process_exit` carries `bool group_dead` (6.16+).
     pub const EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
 }

@@ -82,6 +82,8 @@ mod programs {
     static EXIT_HAS_GROUP_DEAD: u32 = 0;
     #[unsafe(no_mangle)]
     static OFF_REGS_SYSCALL_NR: u64 = OFFSET_UNKNOWN;
+    #[unsafe(no_mangle)]
+    static SYSCALLS_TRACKED: u32 = 1;
 
     #[inline(always)]
     fn global<T: Copy>(v: &T) -> T {
@@ -483,10 +485,12 @@ mod programs {
     }
 
     /// Lock context of the current thread; the bool is "in a user fault".
-    /// `remote_user` is set for a user task locking another process's mm.
+    /// `remote_user` is set for a user task locking another process's mm,
+    /// `user_task` for any task with an mm of its own.
     #[inline(always)]
-    fn lock_context(t: &ThreadState, tid: u32, remote_user: bool) -> (i32, bool) {
-        if t.nr != NOT_IN_SYSCALL {
+    fn lock_context(t: &ThreadState, tid: u32, remote_user: bool, user_task: bool) -> (i32, bool) {
+        let tracked = global(&SYSCALLS_TRACKED) != 0;
+        if tracked && t.nr != NOT_IN_SYSCALL {
             return (t.nr, false);
         }
         if remote_user {
@@ -496,24 +500,44 @@ mod programs {
             // saved user registers. Rare, so the extra reads are cheap.
             return (syscall_from_regs(), false);
         }
+        if !user_task {
+            return (CONTEXT_OTHER, false); // kernel threads
+        }
+        // A user task outside any tracked syscall: in a user fault (the
+        // per-VMA lock fell back) if this CPU's mark is this thread's and
+        // the task is in an exception, not a syscall: x86's idtentry sets
+        // the saved orig_ax to -1 after taking the error code out of it.
+        let orig_ax = regs_syscall_word();
         if let Some(slot) = FAULT_SLOTS.get(0) {
-            if slot.mark_tid == tid {
+            if slot.mark_tid == tid && orig_ax == Some(-1) {
                 return (CONTEXT_FAULT, true);
+            }
+        }
+        if !tracked {
+            if let Some(nr) = orig_ax.filter(|nr| (0..4096).contains(nr)) {
+                return (nr as i32, false);
             }
         }
         (CONTEXT_OTHER, false)
     }
 
-    /// `task_pt_regs(current)->orig_ax` (x86) when it holds a syscall number.
+    /// `task_pt_regs(current)->orig_ax` (x86): the syscall number inside a
+    /// syscall, -1 inside an exception or interrupt.
     #[inline(always)]
-    fn syscall_from_regs() -> i32 {
+    fn regs_syscall_word() -> Option<i64> {
         let off = global(&OFF_REGS_SYSCALL_NR);
         if off == OFFSET_UNKNOWN {
-            return CONTEXT_OTHER;
+            return None;
         }
         // SAFETY: helpers on the current task, which is always valid.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-        match read_kernel::<i64>(regs + off) {
+        read_kernel::<i64>(regs + off)
+    }
+
+    /// The syscall number from the saved registers, if they hold one.
+    #[inline(always)]
+    fn syscall_from_regs() -> i32 {
+        match regs_syscall_word() {
             Some(nr) if (0..4096).contains(&nr) => nr as i32,
             _ => CONTEXT_OTHER,
         }
@@ -575,7 +599,7 @@ mod programs {
             return None;
         }
         let t = thread_state(tid)?;
-        let (nr, in_fault) = lock_context(t, tid, remote && user_task);
+        let (nr, in_fault) = lock_context(t, tid, remote && user_task, user_task);
         if in_fault && !write && !remote {
             if let Some(stats) = proc_stats(owner, true) {
                 count_fallback(stats);

@@ -118,6 +118,51 @@ pub struct ProbeOptions {
     pub fault_events: bool,
     /// Send a record per mmap_lock release/failure to the ring buffer.
     pub lock_events: bool,
+    /// Groups of tracepoints not to attach (their metrics are reported
+    /// unavailable), e.g. to save the per-syscall cost of syscall tracking.
+    pub skip: Vec<SkipGroup>,
+}
+
+/// Tracepoints that can be left out, as a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SkipGroup {
+    /// sys_enter and sys_exit (saves two map updates per syscall): a lock's
+    /// syscall is then read from the task's saved registers, which can take
+    /// a fault that migrated CPUs for a syscall.
+    Syscalls,
+    /// page_fault_user and page_fault_kernel: no fault counts and no
+    /// per-VMA lock fallback counts.
+    Faults,
+    /// contention_begin: no contended counts.
+    Contention,
+    /// The three mmap_lock tracepoints: no lock statistics at all.
+    MmapLock,
+}
+
+impl SkipGroup {
+    /// The tracepoints of the group.
+    pub const fn tracepoints(self) -> &'static [&'static str] {
+        match self {
+            Self::Syscalls => &["sys_enter", "sys_exit"],
+            Self::Faults => &["page_fault_user", "page_fault_kernel"],
+            Self::Contention => &["contention_begin"],
+            Self::MmapLock => &[
+                "mmap_lock_start_locking",
+                "mmap_lock_acquire_returned",
+                "mmap_lock_released",
+            ],
+        }
+    }
+
+    /// As given on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Syscalls => "syscalls",
+            Self::Faults => "faults",
+            Self::Contention => "contention",
+            Self::MmapLock => "mmap-lock",
+        }
+    }
 }
 
 /// One eBPF program and the tracepoint it attaches to.
@@ -149,12 +194,12 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: "sys_enter",
         tracepoint: "sys_enter",
-        feeds: "per-syscall attribution",
+        feeds: "exact per-syscall attribution",
     },
     ProgramSpec {
         name: "sys_exit",
         tracepoint: "sys_exit",
-        feeds: "per-syscall attribution",
+        feeds: "exact per-syscall attribution",
     },
     ProgramSpec {
         name: "page_fault_user",
@@ -391,6 +436,8 @@ impl Probe {
             events |= event_mask::LOCKS;
         }
 
+        let syscalls_tracked = u32::from(!opts.skip.contains(&SkipGroup::Syscalls));
+
         // Bad input first, then privileges, then the kernel.
         let missing = caps::missing_for_probe(caps::effective());
         if !missing.is_empty() {
@@ -412,6 +459,7 @@ impl Probe {
             .override_global(globals::OFF_MM_OWNER, &layout.mm_owner, true)
             .override_global(globals::OFF_MM_MMAP_LOCK, &layout.mm_mmap_lock, true)
             .override_global(globals::OFF_REGS_SYSCALL_NR, &layout.regs_syscall_nr, true)
+            .override_global(globals::SYSCALLS_TRACKED, &syscalls_tracked, true)
             .override_global(
                 globals::EXIT_HAS_GROUP_DEAD,
                 &layout.exit_has_group_dead,
@@ -429,6 +477,30 @@ impl Probe {
         let mut unavailable = Vec::new();
         let mut failures = Vec::new();
         for spec in PROGRAMS {
+            if let Some(group) = opts
+                .skip
+                .iter()
+                .find(|g| g.tracepoints().contains(&spec.tracepoint))
+            {
+                let reason = if *group == SkipGroup::Syscalls {
+                    format!(
+                        "tracepoint `{}` not attached (--skip syscalls): syscalls are read from \
+                         saved registers, a fault that migrated CPUs can count as a syscall",
+                        spec.tracepoint
+                    )
+                } else {
+                    format!(
+                        "tracepoint `{}` not attached (--skip {})",
+                        spec.tracepoint,
+                        group.name()
+                    )
+                };
+                unavailable.push(Unavailable {
+                    metric: spec.feeds.into(),
+                    reason,
+                });
+                continue;
+            }
             let Some(args) = layout.tracepoints[spec.tracepoint] else {
                 unavailable.push(Unavailable {
                     metric: spec.feeds.into(),
@@ -474,6 +546,10 @@ impl Probe {
         if attached.is_empty() {
             return Err(ProbeError::NothingAttached(failures.join("; ")));
         }
+        // Two tracepoints feeding one metric report it once.
+        unavailable.dedup_by(|a, b| {
+            a.metric == b.metric && a.reason.split('`').next() == b.reason.split('`').next()
+        });
         if layout.mm_owner == OFFSET_UNKNOWN {
             unavailable.push(Unavailable {
                 metric: "remote mmap_lock attribution".into(),

@@ -506,3 +506,97 @@ fn events_file_has_one_record_per_fault() {
     assert!(recorded >= 300);
     assert!(text.contains("\"kind\":\"lock_release\""));
 }
+
+fn final_report(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "final");
+    last
+}
+
+fn context_acquisitions(p: &Value, name: &str, mode: &str) -> u64 {
+    p["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["mode"] == mode
+                && (c["context"]["name"] == name || c["context"]["kind"] == name)
+                && c["remote"] == false
+        })
+        .map(|c| c["acquisitions"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn skipped_tracepoints_disable_only_what_they_feed_and_the_report_says_so() {
+    let Some(_g) = live() else { return };
+    let out = tmp("skip.jsonl");
+    let o = mm_probe(&[
+        "run",
+        "--skip",
+        "contention",
+        "--skip",
+        "syscalls",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        BIN,
+        "workload",
+        "mmap-munmap",
+        "--pairs",
+        "60",
+    ]);
+    assert!(o.status.success(), "{:?}", stderr_lines(&o));
+    assert!(
+        stderr_lines(&o)
+            .iter()
+            .any(|l| l.contains("unavailable: contended acquisitions")),
+        "{:?}",
+        stderr_lines(&o)
+    );
+    let last = final_report(&out);
+    assert_valid(&validator(), &last);
+    let metrics: Vec<&str> = last["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        ["exact per-syscall attribution", "contended acquisitions"]
+    );
+    let p = &last["processes"][0];
+    // Lock statistics and faults are still there; syscalls come from the
+    // saved registers.
+    assert!(p["mmap_lock"]["write"]["acquisitions"].as_u64().unwrap() >= 120);
+    assert!(context_acquisitions(p, "mmap", "write") >= 60);
+    assert!(context_acquisitions(p, "munmap", "write") >= 60);
+    assert!(p["faults"]["mmap_lock_fallbacks"].as_u64().unwrap() > 0);
+    assert_eq!(p["mmap_lock"]["write"]["contended"], 0);
+
+    let o = mm_probe(&[
+        "run",
+        "--skip",
+        "mmap-lock",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        BIN,
+        "workload",
+        "touch",
+        "--pages",
+        "200",
+    ]);
+    assert!(o.status.success());
+    let last = final_report(&out);
+    let p = &last["processes"][0];
+    assert_eq!(p["mmap_lock"]["write"]["acquisitions"], 0);
+    assert_eq!(p["mmap_lock"]["read"]["acquisitions"], 0);
+    assert!(p["faults"]["user"]["write_not_present"].as_u64().unwrap() >= 200);
+}

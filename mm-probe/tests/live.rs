@@ -187,3 +187,89 @@ fn readers_of_another_process_mm_are_counted_as_remote_on_the_owner() {
     w.go();
     w.wait();
 }
+
+/// Start a gated `touch` workload whose executable is reached through a
+/// symlink named `name`, so that its comm is `name` (truncated to 15).
+fn gated_with_comm(dir: &std::path::Path, name: &str, pages: &str) -> Gated {
+    let link = dir.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(common::BIN, &link).unwrap();
+    Gated::start_program(link.to_str().unwrap(), &["touch", "--pages", pages])
+}
+
+#[test]
+fn comm_filter_traces_only_matching_processes() {
+    let Some(_guard) = live() else { return };
+    let dir = std::env::temp_dir().join(format!("mm-probe-comm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut wanted = gated_with_comm(&dir, "mmprobe-wanted", "700");
+    let mut other = gated_with_comm(&dir, "mmprobe-other", "700");
+    let probe = Probe::load(&ProbeOptions {
+        comm: Some("mmprobe-wanted".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (w, o) = (wanted.pid(), other.pid());
+    wanted.go();
+    other.go();
+    wanted.wait();
+    other.wait();
+    let p = stats_of(&probe, w);
+    assert!(p.faults.user.write_not_present >= 700);
+    let snap = probe.snapshot().unwrap();
+    assert!(
+        !snap.processes.contains_key(&o),
+        "the other comm was traced"
+    );
+    assert!(
+        snap.processes
+            .values()
+            .all(|r| r.comm.as_deref() == Some("mmprobe-wanted")),
+        "{:?}",
+        snap.processes.values().map(|r| &r.comm).collect::<Vec<_>>()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn cgroup_filter_traces_only_processes_in_the_cgroup() {
+    let Some(_guard) = live() else { return };
+    let Some(root) = cgroup2_root() else {
+        panic!("no cgroup v2 hierarchy mounted: cannot test --cgroup");
+    };
+    let cg = root.join(format!("mm-probe-test-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    let mut inside = Gated::start(&["touch", "--pages", "600"]);
+    let mut outside = Gated::start(&["touch", "--pages", "600"]);
+    std::fs::write(cg.join("cgroup.procs"), inside.pid().to_string()).unwrap();
+    // Relative to the cgroup2 root, as a user would give it.
+    let probe = Probe::load(&ProbeOptions {
+        cgroup: Some(cg.strip_prefix(&root).unwrap().to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (i, o) = (inside.pid(), outside.pid());
+    inside.go();
+    outside.go();
+    inside.wait();
+    outside.wait();
+    let p = stats_of(&probe, i);
+    assert!(p.faults.user.write_not_present >= 600);
+    let snap = probe.snapshot().unwrap();
+    assert!(
+        !snap.processes.contains_key(&o),
+        "a process outside the cgroup was traced"
+    );
+    drop(probe);
+    std::fs::remove_dir(&cg).unwrap();
+}
+
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(Into::into))
+            .flatten()
+    })
+}

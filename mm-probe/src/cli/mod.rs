@@ -84,6 +84,11 @@ struct OutputArgs {
     /// Processes given a detail block in table reports.
     #[arg(long, default_value_t = 3, value_name = "N")]
     detail: usize,
+    /// Do not attach a group of tracepoints (repeatable); its metrics are
+    /// reported unavailable. `syscalls` saves two map updates per syscall on
+    /// syscall-heavy hosts, at the price of attributing locks to "other".
+    #[arg(long, value_enum, value_name = "GROUP")]
+    skip: Vec<crate::probe::SkipGroup>,
 }
 
 #[derive(Args)]
@@ -306,6 +311,7 @@ fn attach(a: AttachArgs) -> Result<i32> {
         follow_forks: false,
         fault_events: a.output.events.is_some(),
         lock_events: a.output.events.is_some(),
+        skip: a.output.skip.clone(),
     };
     let probe = Probe::load(&opts).context("cannot start the probe")?;
     let session = Session::new(probe);
@@ -352,6 +358,7 @@ fn run(r: RunArgs) -> Result<i32> {
         follow_forks: true,
         fault_events: r.output.events.is_some(),
         lock_events: r.output.events.is_some(),
+        skip: r.output.skip.clone(),
         ..Default::default()
     };
     let mut probe = Probe::load(&opts).context("cannot start the probe")?;

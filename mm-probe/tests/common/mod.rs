@@ -49,7 +49,13 @@ pub struct Gated {
 
 impl Gated {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::start_program(BIN, args)
+    }
+
+    /// As [`Gated::start`], running the binary under another path (a
+    /// symlink gives the process another comm).
+    pub fn start_program(program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
             .arg("workload")
             .args(args)
             .arg("--gated")
