@@ -759,6 +759,26 @@ mod programs {
         }
     }
 
+    /// The per-event record of a hold that ended (release or downgrade).
+    #[inline(always)]
+    fn emit_release(held: &Inflight, tid: u32, ts: u64, hold: u64) {
+        if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
+            let wait = if held.start_ns != 0 {
+                held.acquired_ns - held.start_ns
+            } else {
+                0
+            };
+            emit(lock_event(
+                event_kind::LOCK_RELEASE,
+                held,
+                tid,
+                ts,
+                wait,
+                hold,
+            ));
+        }
+    }
+
     /// Record the write holder, in place after the process's first write.
     #[inline(always)]
     fn set_holder(inflight: &Inflight, ts: u64, tid: u32, tgid: u32) {
@@ -845,21 +865,7 @@ mod programs {
         if let Some(c) = context_stats(&context_key(slot)) {
             hist_add(&mut c.hold, hold);
         }
-        if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
-            let wait = if slot.start_ns != 0 {
-                slot.acquired_ns - slot.start_ns
-            } else {
-                0
-            };
-            emit(lock_event(
-                event_kind::LOCK_RELEASE,
-                slot,
-                tid,
-                ts,
-                wait,
-                hold,
-            ));
-        }
+        emit_release(slot, tid, ts, hold);
         clear_holder(slot.owner, tid);
         slot.write = 0;
         slot.acquired_ns = ts;
@@ -906,21 +912,7 @@ mod programs {
         if inflight.write != 0 {
             clear_holder(inflight.owner, tid);
         }
-        if global(&EVENT_MASK) & event_mask::LOCKS != 0 {
-            let wait = if inflight.start_ns != 0 {
-                inflight.acquired_ns - inflight.start_ns
-            } else {
-                0
-            };
-            emit(lock_event(
-                event_kind::LOCK_RELEASE,
-                &inflight,
-                tid,
-                ts,
-                wait,
-                hold,
-            ));
-        }
+        emit_release(&inflight, tid, ts, hold);
         0
     }
 
