@@ -273,3 +273,48 @@ fn cgroup2_root() -> Option<std::path::PathBuf> {
             .flatten()
     })
 }
+
+#[test]
+fn session_reports_intervals_totals_and_resets() {
+    let Some(_guard) = live() else { return };
+    let mut w = Gated::start(&["touch", "--pages", "800"]);
+    let pid = w.pid();
+    let mut session = mm_probe::session::Session::new(probe_for(pid));
+    let quiet = session.tick().unwrap();
+    assert!(
+        quiet.interval.process(pid).is_none(),
+        "nothing happened yet"
+    );
+    w.go();
+    w.wait();
+    let tick = session.tick().unwrap();
+    let p = tick
+        .interval
+        .process(pid)
+        .expect("the interval shows the touches");
+    assert!((800..=816).contains(&p.faults.user.write_not_present));
+    assert_eq!(tick.newly_exited, vec![pid]);
+    assert!(p.exited);
+    let total = tick.cumulative.process(pid).unwrap();
+    assert_eq!(total.faults, p.faults, "first interval == totals");
+    // Next tick: the exited process is read a last time and dropped from the
+    // kernel maps; it stays in the totals, and intervals stop showing it.
+    let tick = session.tick().unwrap();
+    assert!(tick.interval.process(pid).is_none());
+    assert_eq!(tick.cumulative.process(pid).unwrap().faults, total.faults);
+    assert!(
+        !session
+            .probe()
+            .snapshot()
+            .unwrap()
+            .processes
+            .contains_key(&pid)
+    );
+    session.reset().unwrap();
+    let tick = session.tick().unwrap();
+    assert!(
+        tick.cumulative.process(pid).is_none(),
+        "reset forgets the totals"
+    );
+    assert_eq!(tick.cumulative.drops, mm_core::stats::Drops::default());
+}

@@ -71,6 +71,9 @@ impl Mode {
 }
 
 struct Sample {
+    /// Runs with the same pair id ran back to back (a traced mode and its
+    /// own untraced run).
+    pair: u32,
     mode: Mode,
     pages_per_sec: f64,
     /// CPU ns (user + system) the workload spent per page.
@@ -288,6 +291,7 @@ fn run_once(o: &Options, mode: Mode, probe: &Path, dir: &Path, n: usize) -> Resu
     let (cycles, instructions) = read_perf(&perf_out)?;
     let pages = w.pages.max(1) as f64;
     Ok(Sample {
+        pair: 0,
         mode,
         cycles_per_page: cycles / pages,
         instructions_per_page: instructions / pages,
@@ -352,24 +356,38 @@ pub fn run(o: Options) -> Result<()> {
     }
     let mut samples = Vec::new();
     let mut n = 0;
+    let mut pair = 0;
+    let traced: Vec<Mode> = modes.iter().copied().filter(|&m| m != Mode::None).collect();
     for round in 0..o.rounds {
-        // Rotate the order so that no mode always runs first.
-        let k = round as usize % modes.len();
-        let order: Vec<Mode> = modes[k..].iter().chain(&modes[..k]).copied().collect();
-        for mode in order {
-            n += 1;
-            let s = run_once(&o, mode, &probe, &dir, n)?;
-            eprintln!(
-                "round {} {:<34} {:>10.0} pages/s {:>7.1} cpu-ns/page  touched {:>10}  counted {}",
-                round + 1,
-                mode.name(),
-                s.pages_per_sec,
-                s.cpu_ns_per_page,
-                s.pages_touched,
-                s.faults_counted
-                    .map_or_else(|| "-".into(), |f| f.to_string())
-            );
-            samples.push(s);
+        // Rotate the order of the traced modes, and give each its own
+        // untraced run right before or after it (alternating), so that each
+        // comparison is between two runs seconds apart.
+        let k = round as usize % traced.len();
+        let order: Vec<Mode> = traced[k..].iter().chain(&traced[..k]).copied().collect();
+        for (j, mode) in order.into_iter().enumerate() {
+            pair += 1;
+            let runs = if (round as usize + j) % 2 == 0 {
+                [Mode::None, mode]
+            } else {
+                [mode, Mode::None]
+            };
+            for m in runs {
+                n += 1;
+                let mut s = run_once(&o, m, &probe, &dir, n)?;
+                s.pair = pair;
+                eprintln!(
+                    "round {} {:<34} {:>10.0} pages/s {:>7.1} cpu-ns/page {:>6.0} cycles/page  touched {:>10}  counted {}",
+                    round + 1,
+                    m.name(),
+                    s.pages_per_sec,
+                    s.cpu_ns_per_page,
+                    s.cycles_per_page,
+                    s.pages_touched,
+                    s.faults_counted
+                        .map_or_else(|| "-".into(), |f| f.to_string())
+                );
+                samples.push(s);
+            }
         }
     }
 
@@ -420,6 +438,35 @@ pub fn run(o: Options) -> Result<()> {
             row.2,
             i,
             row.3
+        );
+    }
+    // Paired: each run against its own untraced run, seconds apart, which
+    // cancels the drift of a shared machine.
+    let paired = |m: Mode, f: fn(&Sample) -> f64| {
+        let ratios: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.mode == m)
+            .filter_map(|s| {
+                let base = samples
+                    .iter()
+                    .find(|b| b.mode == Mode::None && b.pair == s.pair)?;
+                Some(f(s) / f(base))
+            })
+            .collect();
+        median(ratios)
+    };
+    println!("\npaired (median over rounds of run / its adjacent untraced run):");
+    println!(
+        "{:<34} {:>10} {:>10} {:>10}",
+        "mode", "slowdown", "cycles", "instr"
+    );
+    for &m in modes.iter().filter(|&&m| m != Mode::None) {
+        println!(
+            "{:<34} {:>9.2}% {:>9.2}% {:>9.2}%",
+            m.name(),
+            (1.0 - paired(m, tput)) * 100.0,
+            (paired(m, cyc) - 1.0) * 100.0,
+            (paired(m, ins) - 1.0) * 100.0
         );
     }
     if !o.no_bpftrace {

@@ -340,15 +340,23 @@ fn describe_filter(a: &AttachArgs) -> String {
 }
 
 fn run(r: RunArgs) -> Result<i32> {
+    // A built-in workload writes its own account to a file, summarised on
+    // stderr at the end, so that stdout carries only the reports.
+    let mut workload_result = None;
     let (program, args, kill_after) = if r.command.is_empty() {
         let exe = std::env::current_exe().context("cannot find mm-probe's own executable")?;
         let duration = r.duration.unwrap_or(Duration::from_secs(10));
+        let result =
+            std::env::temp_dir().join(format!("mm-probe-workload-{}.json", std::process::id()));
         let args: Vec<OsString> = vec![
             "workload".into(),
             r.workload.name().into(),
             "--duration".into(),
             humantime::format_duration(duration).to_string().into(),
+            "--output".into(),
+            result.clone().into_os_string(),
         ];
+        workload_result = Some(result);
         (exe.into_os_string(), args, None)
     } else {
         (r.command[0].clone(), r.command[1..].to_vec(), r.duration)
@@ -376,7 +384,27 @@ fn run(r: RunArgs) -> Result<i32> {
     );
     let mut cfg = live::Config::new(&r.output, None, Vec::new())?;
     cfg.kill_after = kill_after;
-    runtime()?.block_on(live::run(session, cfg, Some(child)))
+    let code = runtime()?.block_on(live::run(session, cfg, Some(child)))?;
+    if let Some(path) = workload_result {
+        if let Some(w) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<workload::WorkloadResult>(&t).ok())
+        {
+            eprintln!(
+                "mm-probe: workload {} (pid {}, {} threads): {} mmap and {} munmap calls, {} pages \
+                 touched in {}",
+                w.workload,
+                w.pid,
+                w.threads,
+                w.mmaps,
+                w.munmaps,
+                w.pages_touched,
+                crate::report::format_ns(w.elapsed_ns)
+            );
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(code)
 }
 
 fn doctor_cmd(d: &DoctorArgs) -> Result<i32> {
