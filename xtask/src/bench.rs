@@ -366,7 +366,7 @@ pub fn run(o: Options) -> Result<()> {
         let order: Vec<Mode> = traced[k..].iter().chain(&traced[..k]).copied().collect();
         for (j, mode) in order.into_iter().enumerate() {
             pair += 1;
-            let runs = if (round as usize + j) % 2 == 0 {
+            let runs = if (round as usize + j).is_multiple_of(2) {
                 [Mode::None, mode]
             } else {
                 [mode, Mode::None]
