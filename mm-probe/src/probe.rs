@@ -249,7 +249,6 @@ pub struct Probe {
     events: Option<RingBuf<MapData>>,
     attached: Vec<&'static str>,
     unavailable: Vec<Unavailable>,
-    filtered: bool,
 }
 
 /// Per-process raw values, summed over CPUs.
@@ -501,7 +500,7 @@ impl Probe {
                 });
                 continue;
             }
-            let Some(args) = layout.tracepoints[spec.tracepoint] else {
+            if layout.tracepoints[spec.tracepoint].is_none() {
                 unavailable.push(Unavailable {
                     metric: spec.feeds.into(),
                     reason: format!(
@@ -510,8 +509,7 @@ impl Probe {
                     ),
                 });
                 continue;
-            };
-            let _ = args;
+            }
             let name = if layout.mmap_lock_memcg_path && spec.name.starts_with("mmap_lock_") {
                 memcg_path_variant(spec.name)
             } else {
@@ -593,7 +591,6 @@ impl Probe {
             events,
             attached,
             unavailable,
-            filtered: flags != 0,
         };
         for &pid in opts.pids.iter().flatten() {
             probe.allow_pid(pid)?;
@@ -631,11 +628,6 @@ impl Probe {
                 source,
             })?;
         Ok(values.iter().copied().collect())
-    }
-
-    /// Whether any filter is active.
-    pub const fn filtered(&self) -> bool {
-        self.filtered
     }
 
     /// Tracepoints attached.

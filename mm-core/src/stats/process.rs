@@ -191,14 +191,6 @@ impl MmapLockStats {
         }
     }
 
-    /// Mutable stats of one mode.
-    pub fn mode_mut(&mut self, mode: LockMode) -> &mut LockModeStats {
-        match mode {
-            LockMode::Read => &mut self.read,
-            LockMode::Write => &mut self.write,
-        }
-    }
-
     /// Share of all acquisitions (both modes) that were contended.
     pub fn contended_share(&self) -> f64 {
         share(
@@ -592,11 +584,6 @@ impl ProcessStats {
             && l.write.hold.is_empty()
             && l.downgrades == 0
             && self.write_holder.is_none()
-    }
-
-    /// The context entries of one mode, in order.
-    pub fn contexts_of(&self, mode: LockMode) -> impl Iterator<Item = &ContextStats> {
-        self.contexts.iter().filter(move |c| c.mode == mode)
     }
 
     /// Total wait of all contended acquisitions in both modes, a sort key
