@@ -221,6 +221,10 @@ pub struct RawProcStats {
     pub kernel_faults: [u64; FAULT_KINDS],
     /// User faults that took mmap_lock for read: the per-VMA lock fell back.
     pub fault_fallbacks: u64,
+    /// This process's per-event records lost to a full ring buffer.
+    pub events_dropped: u64,
+    /// This process's releases whose acquisition was not seen.
+    pub unmatched_releases: u64,
 }
 
 impl RawProcStats {
@@ -231,6 +235,8 @@ impl RawProcStats {
         user_faults: [0; FAULT_KINDS],
         kernel_faults: [0; FAULT_KINDS],
         fault_fallbacks: 0,
+        events_dropped: 0,
+        unmatched_releases: 0,
     };
 }
 

@@ -367,6 +367,10 @@ mod programs {
     fn emit(event: Event) {
         if EVENTS.output::<Event>(&event, 0).is_err() {
             bump(counters::EVENTS_DROPPED);
+            if let Some(p) = STATS.get_ptr_mut(event.tgid) {
+                // SAFETY: per-CPU map value.
+                unsafe { (*p).events_dropped += 1 };
+            }
         }
     }
 
@@ -892,8 +896,12 @@ mod programs {
         let Some(inflight) = held.filter(|i| i.acquired_ns != 0) else {
             // Only a traced process's release is a miss; untraced ones were
             // never tracked.
-            if traced_local((pid_tgid >> 32) as u32) {
+            let tgid = (pid_tgid >> 32) as u32;
+            if traced_local(tgid) {
                 bump(counters::UNMATCHED_RELEASES);
+                if let Some(stats) = proc_stats(tgid, true) {
+                    stats.unmatched_releases += 1;
+                }
             }
             return 0;
         };

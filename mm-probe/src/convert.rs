@@ -2,7 +2,7 @@
 
 use mm_core::stats::{
     ContextStats, Drops, FaultCounts, FaultStats, LockContext, LockMode, LockModeStats,
-    Log2Histogram, MmapLockStats, ProcessStats, WriteHolder,
+    Log2Histogram, MmapLockStats, ProcessDrops, ProcessStats, WriteHolder,
 };
 use mm_ebpf::{
     CONTEXT_FAULT, CONTEXT_OTHER, MODE_READ, MODE_WRITE, RawHist, RawModeStats, counters,
@@ -88,6 +88,10 @@ pub fn process_stats(raw: &RawProcess, comm: String, now_ns: u64) -> ProcessStat
             downgrades: s.downgrades,
         },
         contexts,
+        drops: ProcessDrops {
+            events_dropped: s.events_dropped,
+            unmatched_releases: s.unmatched_releases,
+        },
         write_holder: raw.holder.map(|h| WriteHolder {
             tid: h.tid,
             pid: h.tgid,

@@ -819,4 +819,6 @@ fn add_proc(acc: &mut RawProcStats, v: &RawProcStats) {
         *a += b;
     }
     acc.fault_fallbacks += v.fault_fallbacks;
+    acc.events_dropped += v.events_dropped;
+    acc.unmatched_releases += v.unmatched_releases;
 }

@@ -489,6 +489,7 @@ fn events_file_has_one_record_per_fault() {
     .unwrap();
     assert_eq!(last["drops"]["events_dropped"], 0);
     let p = &last["processes"][0];
+    assert_eq!(p["drops"]["events_dropped"], 0);
     let pid = p["pid"].as_u64().unwrap();
     let write_faults = p["faults"]["user"]["write_not_present"].as_u64().unwrap();
     let text = std::fs::read_to_string(&events).unwrap();
@@ -599,4 +600,62 @@ fn skipped_tracepoints_disable_only_what_they_feed_and_the_report_says_so() {
     assert_eq!(p["mmap_lock"]["write"]["acquisitions"], 0);
     assert_eq!(p["mmap_lock"]["read"]["acquisitions"], 0);
     assert!(p["faults"]["user"]["write_not_present"].as_u64().unwrap() >= 200);
+}
+
+#[test]
+fn every_event_is_either_written_or_counted_as_dropped() {
+    let Some(_g) = live() else { return };
+    let events = tmp("flood-events.jsonl");
+    let report = tmp("flood-report.jsonl");
+    // About a million faults a second: more than the writer keeps up with,
+    // so the ring buffer may overflow; nothing may vanish silently.
+    let o = mm_probe(&[
+        "run",
+        "--format",
+        "json",
+        "--output",
+        report.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--",
+        BIN,
+        "workload",
+        "fault-loop",
+        "--threads",
+        "2",
+        "--duration",
+        "1s",
+        "--size-mib",
+        "32",
+    ]);
+    assert!(o.status.success(), "{:?}", stderr_lines(&o));
+    let last = final_report(&report);
+    let written = std::fs::read_to_string(&events).unwrap().lines().count() as u64;
+    let procs = last["processes"].as_array().unwrap();
+    let n = |v: &Value| v.as_u64().unwrap();
+    let mut expected = 0;
+    let mut dropped = 0;
+    for p in procs {
+        let l = &p["mmap_lock"];
+        expected += n(&p["faults"]["total"]);
+        for mode in ["read", "write"] {
+            // one record per hold that ended (release or downgrade) and per
+            // failed acquisition
+            expected += n(&l[mode]["hold"]["count"])
+                + n(&l[mode]["trylock_failures"])
+                + n(&l[mode]["lock_failures"]);
+        }
+        dropped += n(&p["drops"]["events_dropped"]);
+    }
+    assert_eq!(
+        dropped,
+        n(&last["drops"]["events_dropped"]),
+        "per-process drops add up"
+    );
+    assert_eq!(
+        written + dropped,
+        expected,
+        "{written} written + {dropped} dropped != {expected} events"
+    );
+    eprintln!("events: {written} written, {dropped} dropped");
 }

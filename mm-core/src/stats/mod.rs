@@ -12,6 +12,6 @@ mod report;
 pub use histogram::{BUCKETS, Log2Histogram, bucket_bounds, bucket_index};
 pub use process::{
     ContextStats, FaultCounts, FaultKind, FaultStats, LockContext, LockMode, LockModeStats,
-    MmapLockStats, ProcessStats, WriteHolder,
+    MmapLockStats, ProcessDrops, ProcessStats, WriteHolder,
 };
 pub use report::{Drops, Report, ReportKind, SCHEMA_NAME, SCHEMA_VERSION, Source, Unavailable};

@@ -524,6 +524,26 @@ pub struct WriteHolder {
     pub held_ns: u64,
 }
 
+/// Losses that belong to one process (table-full losses have no process
+/// entry to land in and are only in the report's [`super::Drops`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessDrops {
+    /// Per-event records of this process lost to a full ring buffer.
+    pub events_dropped: u64,
+    /// Releases of this process whose acquisition was not seen (held since
+    /// before attach, or evicted from the bounded per-thread map).
+    pub unmatched_releases: u64,
+}
+
+impl ProcessDrops {
+    fn since(&self, e: &Self) -> Self {
+        Self {
+            events_dropped: self.events_dropped.saturating_sub(e.events_dropped),
+            unmatched_releases: self.unmatched_releases.saturating_sub(e.unmatched_releases),
+        }
+    }
+}
+
 /// Everything known about one process.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProcessStats {
@@ -540,6 +560,9 @@ pub struct ProcessStats {
     pub mmap_lock: MmapLockStats,
     /// mmap_lock acquisitions by context, sorted by context, mode, remote.
     pub contexts: Vec<ContextStats>,
+    /// This process's losses.
+    #[serde(default)]
+    pub drops: ProcessDrops,
     /// Current write holder, if the lock was write-held at the snapshot.
     #[serde(default)]
     pub write_holder: Option<WriteHolder>,
@@ -566,6 +589,7 @@ impl ProcessStats {
             faults: self.faults.since(&earlier.faults),
             mmap_lock: self.mmap_lock.since(&earlier.mmap_lock),
             contexts,
+            drops: self.drops.since(&earlier.drops),
             write_holder: self.write_holder.clone(),
         }
     }
@@ -583,6 +607,7 @@ impl ProcessStats {
             && l.read.hold.is_empty()
             && l.write.hold.is_empty()
             && l.downgrades == 0
+            && self.drops == ProcessDrops::default()
             && self.write_holder.is_none()
     }
 

@@ -177,6 +177,11 @@ pub fn render(report: &Report) -> String {
         "counter",
         "Events lost or not attributed, by reason.",
     );
+    let mut process_drops = Family::new(
+        "mm_probe_process_dropped_events_total",
+        "counter",
+        "A process's event records lost to a full ring buffer, and its releases without a seen acquisition.",
+    );
     let mut unavailable = Family::new(
         "mm_probe_metric_unavailable",
         "gauge",
@@ -204,6 +209,17 @@ pub fn render(report: &Report) -> String {
             &mut ctx_hold,
             &mut holder,
         );
+        let pid = p.pid.to_string();
+        for (reason, v) in [
+            ("ring_buffer_full", p.drops.events_dropped),
+            ("unmatched_release", p.drops.unmatched_releases),
+        ] {
+            process_drops.sample(
+                "",
+                &[("pid", &pid), ("comm", &p.comm), ("reason", reason)],
+                v,
+            );
+        }
     }
     let d = &report.drops;
     for (reason, v) in [
@@ -237,6 +253,7 @@ pub fn render(report: &Report) -> String {
         &ctx_hold,
         &holder,
         &drops,
+        &process_drops,
         &unavailable,
     ] {
         f.write_to(&mut out);

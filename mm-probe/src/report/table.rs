@@ -255,6 +255,13 @@ pub fn detail(p: &ProcessStats) -> String {
             let _ = writeln!(out, "   {line}");
         }
     }
+    if p.drops != mm_core::stats::ProcessDrops::default() {
+        let _ = writeln!(
+            out,
+            "   drops: {} event records lost, {} releases without a seen acquisition",
+            p.drops.events_dropped, p.drops.unmatched_releases
+        );
+    }
     if let Some(h) = &p.write_holder {
         let _ = writeln!(
             out,
