@@ -5,4 +5,17 @@
 //! Modules are named after the kernel concept they model and name the kernel
 //! source they follow.
 
+pub mod addr;
+pub mod errno;
+pub mod file;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod host;
+pub mod op;
+pub mod page;
+pub mod pgtable;
 pub mod stats;
+pub mod uapi;
+pub mod vm_flags;
+pub mod vma;
+
+pub use errno::{Errno, KResult};

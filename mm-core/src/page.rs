@@ -1,0 +1,215 @@
+//! Page frames: anonymous pages, page-cache pages of files, and the shared
+//! zero page (mm/memory.c, include/linux/mm_types.h `struct page`/`folio`).
+//!
+//! A frame is shared by every PTE that maps it (after fork, or a file page
+//! mapped by several VMAs), so it lives behind an `Arc` and counts its
+//! mappings (`mapcount`, which pagemap's "exclusively mapped" bit reads).
+//!
+//! Contents are sparse: only bytes written are stored, so touching a byte of
+//! each page of a large region costs a few bytes per page, while a test can
+//! still write a value anywhere and read it back, through fork and
+//! copy-on-write.
+
+use std::sync::{
+    Arc, Mutex, OnceLock,
+    atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+};
+
+use crate::addr::PAGE_SIZE;
+
+/// What a frame holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageKind {
+    /// The shared zero page (ZERO_PAGE): read-only, mapped for reads of
+    /// never-written anonymous memory.
+    Zero,
+    /// An anonymous page.
+    Anon,
+    /// A page of a file's page cache (shmem included).
+    File {
+        /// The file's identity.
+        file: u64,
+        /// Page index in the file.
+        index: u64,
+    },
+}
+
+/// Sparse page contents: (offset, byte) pairs, sorted by offset; absent
+/// bytes are zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Content(Vec<(u16, u8)>);
+
+impl Content {
+    /// The byte at `off`.
+    pub fn get(&self, off: u16) -> u8 {
+        match self.0.binary_search_by_key(&off, |&(o, _)| o) {
+            Ok(i) => self.0[i].1,
+            Err(_) => 0,
+        }
+    }
+
+    /// Set the byte at `off`.
+    pub fn set(&mut self, off: u16, v: u8) {
+        match self.0.binary_search_by_key(&off, |&(o, _)| o) {
+            Ok(i) if v == 0 => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].1 = v,
+            Err(_) if v == 0 => {}
+            Err(i) => self.0.insert(i, (off, v)),
+        }
+    }
+
+    /// Whether every byte is zero.
+    pub fn is_zero(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+static NEXT_PFN: AtomicU64 = AtomicU64::new(1);
+
+/// A page frame.
+#[derive(Debug)]
+pub struct Page {
+    pfn: u64,
+    kind: PageKind,
+    content: Mutex<Content>,
+    mapcount: AtomicU32,
+    anon_exclusive: AtomicBool,
+}
+
+/// A shared reference to a frame.
+pub type PageRef = Arc<Page>;
+
+impl Page {
+    fn new(kind: PageKind, content: Content) -> PageRef {
+        Arc::new(Self {
+            pfn: NEXT_PFN.fetch_add(1, Ordering::Relaxed),
+            kind,
+            content: Mutex::new(content),
+            mapcount: AtomicU32::new(0),
+            anon_exclusive: AtomicBool::new(false),
+        })
+    }
+
+    /// The shared zero page.
+    pub fn zero() -> PageRef {
+        static ZERO: OnceLock<PageRef> = OnceLock::new();
+        Arc::clone(ZERO.get_or_init(|| Self::new(PageKind::Zero, Content::default())))
+    }
+
+    /// A fresh zero-filled anonymous page, exclusive to its first mapper.
+    pub fn new_anon() -> PageRef {
+        let p = Self::new(PageKind::Anon, Content::default());
+        p.anon_exclusive.store(true, Ordering::Relaxed);
+        p
+    }
+
+    /// An anonymous copy of `src` (copy-on-write).
+    pub fn copy_of(src: &Page) -> PageRef {
+        let p = Self::new(PageKind::Anon, src.content());
+        p.anon_exclusive.store(true, Ordering::Relaxed);
+        p
+    }
+
+    /// A page-cache page of file `file` at `index`.
+    pub fn new_file(file: u64, index: u64) -> PageRef {
+        Self::new(PageKind::File { file, index }, Content::default())
+    }
+
+    /// A frame number, unique for the life of the process.
+    pub const fn pfn(&self) -> u64 {
+        self.pfn
+    }
+
+    /// What the frame holds.
+    pub const fn kind(&self) -> &PageKind {
+        &self.kind
+    }
+
+    /// Whether this is the zero page.
+    pub fn is_zero_page(&self) -> bool {
+        self.kind == PageKind::Zero
+    }
+
+    /// Whether this is an anonymous page.
+    pub fn is_anon(&self) -> bool {
+        self.kind == PageKind::Anon
+    }
+
+    /// A copy of the contents.
+    pub fn content(&self) -> Content {
+        self.content.lock().expect("page lock").clone()
+    }
+
+    /// The byte at `off` (< PAGE_SIZE).
+    pub fn read(&self, off: u64) -> u8 {
+        debug_assert!(off < PAGE_SIZE);
+        self.content.lock().expect("page lock").get(off as u16)
+    }
+
+    /// Store a byte. The caller has established that it may write (the zero
+    /// page is never written).
+    pub fn write(&self, off: u64, v: u8) {
+        debug_assert!(off < PAGE_SIZE && !self.is_zero_page());
+        self.content.lock().expect("page lock").set(off as u16, v);
+    }
+
+    /// Zero the whole page (a freshly truncated page-cache page).
+    pub fn clear(&self) {
+        *self.content.lock().expect("page lock") = Content::default();
+    }
+
+    /// Number of PTEs mapping this frame.
+    pub fn mapcount(&self) -> u32 {
+        self.mapcount.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn map(&self) {
+        self.mapcount.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unmap(&self) {
+        self.mapcount.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// PageAnonExclusive: the page is known to be mapped by one process
+    /// only, so a write fault may reuse it instead of copying.
+    pub fn anon_exclusive(&self) -> bool {
+        self.anon_exclusive.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_anon_exclusive(&self, v: bool) {
+        self.anon_exclusive.store(v, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_content() {
+        let mut c = Content::default();
+        assert!(c.is_zero());
+        c.set(10, 7);
+        c.set(3, 1);
+        c.set(4095, 9);
+        assert_eq!((c.get(3), c.get(10), c.get(4095), c.get(0)), (1, 7, 9, 0));
+        c.set(10, 0);
+        assert_eq!(c.get(10), 0);
+        assert_eq!(c.0.len(), 2);
+    }
+
+    #[test]
+    fn copy_on_write_copies_content() {
+        let a = Page::new_anon();
+        a.write(100, 42);
+        let b = Page::copy_of(&a);
+        b.write(100, 43);
+        assert_eq!((a.read(100), b.read(100)), (42, 43));
+        assert_ne!(a.pfn(), b.pfn());
+        assert!(Page::zero().is_zero_page());
+        assert_eq!(Page::zero().pfn(), Page::zero().pfn());
+    }
+}

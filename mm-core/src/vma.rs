@@ -1,0 +1,319 @@
+//! Virtual memory areas and the tree that orders them (include/linux/mm_types.h
+//! `struct vm_area_struct`, mm/vma.c; the kernel's maple tree becomes an
+//! ordered map keyed by start address: lookups and updates in O(log n)).
+
+use std::{
+    collections::BTreeMap,
+    ops::Bound,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use crate::{file::FileRef, vm_flags::VmFlags};
+
+static NEXT_ANON_VMA: AtomicU64 = AtomicU64::new(1);
+
+/// An anon_vma: the reverse-map root shared by the VMAs whose anonymous
+/// pages may be the same (mm/rmap.c). Only its identity matters here.
+#[derive(Debug)]
+pub struct AnonVma {
+    id: u64,
+}
+
+/// A shared reference to an anon_vma.
+pub type AnonVmaRef = Arc<AnonVma>;
+
+impl AnonVma {
+    /// A new anon_vma.
+    pub fn new() -> AnonVmaRef {
+        Arc::new(Self {
+            id: NEXT_ANON_VMA.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// Identity.
+    pub const fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The name /proc/PID/maps prints for a VMA without a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmaName {
+    /// `[heap]`: the brk area.
+    Heap,
+    /// `[stack]`.
+    Stack,
+    /// `[anon:NAME]` (prctl PR_SET_VMA_ANON_NAME).
+    Anon(String),
+}
+
+/// A virtual memory area: `[start, end)` with uniform flags and backing.
+#[derive(Clone, Debug)]
+pub struct Vma {
+    /// First address (page aligned).
+    pub start: u64,
+    /// One past the last address (page aligned).
+    pub end: u64,
+    /// Flags.
+    pub flags: VmFlags,
+    /// Offset in PAGE_SIZE units: into the file for file mappings; for
+    /// anonymous ones, the page number of the address it was created at.
+    pub pgoff: u64,
+    /// Backing file, if any.
+    pub file: Option<FileRef>,
+    /// The anon_vma, once anonymous pages may exist.
+    pub anon_vma: Option<AnonVmaRef>,
+    /// Number of anon_vmas on this VMA's anon_vma_chain: 1 normally, more
+    /// in a child after fork (it links to its parent's anon_vmas too). The
+    /// merge rules look at whether the chain is singular.
+    pub anon_vma_chain: u32,
+    /// Name for anonymous VMAs.
+    pub name: Option<VmaName>,
+}
+
+impl Vma {
+    /// A new anonymous or file VMA.
+    pub fn new(start: u64, end: u64, flags: VmFlags, pgoff: u64, file: Option<FileRef>) -> Self {
+        Self {
+            start,
+            end,
+            flags,
+            pgoff,
+            file,
+            anon_vma: None,
+            anon_vma_chain: 0,
+            name: None,
+        }
+    }
+
+    /// Length in bytes.
+    pub const fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the VMA is empty (never true for a VMA in a tree).
+    pub const fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Whether `addr` lies inside.
+    pub const fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+
+    /// vma_is_anonymous(): no file.
+    pub const fn is_anonymous(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// Whether this is a shmem (shared anonymous) mapping.
+    pub fn is_shmem(&self) -> bool {
+        self.file
+            .as_ref()
+            .is_some_and(|f| *f.kind() == crate::file::FileKind::SharedAnon)
+    }
+
+    /// The file page index of `addr` (linear_page_index).
+    pub const fn page_index(&self, addr: u64) -> u64 {
+        ((addr - self.start) >> crate::addr::PAGE_SHIFT) + self.pgoff
+    }
+}
+
+/// The ordered, non-overlapping set of VMAs of one address space.
+#[derive(Clone, Debug, Default)]
+pub struct VmaTree {
+    map: BTreeMap<u64, Vma>,
+}
+
+impl VmaTree {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of VMAs (mm->map_count).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// vma_lookup(): the VMA containing `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<&Vma> {
+        self.map
+            .range(..=addr)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.contains(addr))
+    }
+
+    /// The VMA containing `addr`, mutably.
+    pub fn lookup_mut(&mut self, addr: u64) -> Option<&mut Vma> {
+        self.map
+            .range_mut(..=addr)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.contains(addr))
+    }
+
+    /// find_vma(): the first VMA that ends after `addr` (it may start
+    /// after `addr`).
+    pub fn find(&self, addr: u64) -> Option<&Vma> {
+        self.lookup(addr)
+            .or_else(|| self.map.range(addr..).next().map(|(_, v)| v))
+    }
+
+    /// The VMA that ends at or before `addr` and is nearest to it
+    /// (vma_prev relative to an address).
+    pub fn prev_of(&self, addr: u64) -> Option<&Vma> {
+        self.map
+            .range(..addr)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.end <= addr)
+    }
+
+    /// The VMA that starts at or after `addr` and is nearest to it.
+    pub fn next_of(&self, addr: u64) -> Option<&Vma> {
+        self.map.range(addr..).next().map(|(_, v)| v)
+    }
+
+    /// The VMA starting exactly at `start`.
+    pub fn get(&self, start: u64) -> Option<&Vma> {
+        self.map.get(&start)
+    }
+
+    /// The VMA starting exactly at `start`, mutably.
+    pub fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {
+        self.map.get_mut(&start)
+    }
+
+    /// VMAs that intersect `[start, end)`, in order.
+    pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        let first = self.lookup(start).map_or(start, |v| v.start);
+        self.map
+            .range((Bound::Included(first), Bound::Excluded(end)))
+            .map(|(_, v)| v)
+    }
+
+    /// Starts of the VMAs intersecting `[start, end)`.
+    pub fn starts_in(&self, start: u64, end: u64) -> Vec<u64> {
+        self.range(start, end).map(|v| v.start).collect()
+    }
+
+    /// All VMAs in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+        self.map.values()
+    }
+
+    /// Whether `[start, end)` intersects no VMA.
+    pub fn is_free(&self, start: u64, end: u64) -> bool {
+        self.range(start, end).next().is_none()
+    }
+
+    /// Insert a VMA that overlaps nothing.
+    pub fn insert(&mut self, vma: Vma) {
+        debug_assert!(vma.start < vma.end, "empty VMA {vma:?}");
+        debug_assert!(
+            self.is_free(vma.start, vma.end),
+            "overlap inserting {vma:?}"
+        );
+        self.map.insert(vma.start, vma);
+    }
+
+    /// Remove and return the VMA starting at `start`.
+    pub fn remove(&mut self, start: u64) -> Option<Vma> {
+        self.map.remove(&start)
+    }
+
+    /// __split_vma(): split the VMA containing `addr` (strictly inside it)
+    /// in two at `addr`; both halves share the anon_vma. Returns false if no
+    /// VMA strictly contains `addr`.
+    pub fn split(&mut self, addr: u64) -> bool {
+        let Some(start) = self
+            .lookup(addr)
+            .filter(|v| v.start != addr)
+            .map(|v| v.start)
+        else {
+            return false;
+        };
+        let lower = self.map.get_mut(&start).expect("found above");
+        let mut upper = lower.clone();
+        upper.start = addr;
+        upper.pgoff = lower.pgoff + ((addr - lower.start) >> crate::addr::PAGE_SHIFT);
+        lower.end = addr;
+        self.map.insert(addr, upper);
+        true
+    }
+
+    /// Check the tree's invariants: ordered, non-overlapping, page aligned,
+    /// non-empty. Returns a description of the first violation.
+    pub fn check(&self) -> Result<(), String> {
+        let mut prev_end = 0;
+        for (k, v) in &self.map {
+            if *k != v.start {
+                return Err(format!("key {k:#x} != start of {v:?}"));
+            }
+            if v.start >= v.end {
+                return Err(format!("empty or inverted {v:?}"));
+            }
+            if !crate::addr::is_page_aligned(v.start) || !crate::addr::is_page_aligned(v.end) {
+                return Err(format!("unaligned {v:?}"));
+            }
+            if v.start < prev_end {
+                return Err(format!("overlap at {v:?}"));
+            }
+            prev_end = v.end;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anon(start: u64, end: u64) -> Vma {
+        Vma::new(start, end, VmFlags::READ, start >> 12, None)
+    }
+
+    #[test]
+    fn lookup_find_prev_next() {
+        let mut t = VmaTree::new();
+        t.insert(anon(0x1000, 0x3000));
+        t.insert(anon(0x5000, 0x6000));
+        assert_eq!(t.lookup(0x1000).unwrap().start, 0x1000);
+        assert_eq!(t.lookup(0x2fff).unwrap().start, 0x1000);
+        assert!(t.lookup(0x3000).is_none());
+        assert_eq!(t.find(0x3000).unwrap().start, 0x5000);
+        assert!(t.find(0x6000).is_none());
+        assert_eq!(t.prev_of(0x5000).unwrap().start, 0x1000);
+        assert_eq!(t.prev_of(0x2000).map(|v| v.start), None);
+        assert_eq!(t.next_of(0x3000).unwrap().start, 0x5000);
+        assert_eq!(t.starts_in(0x2000, 0x5001), vec![0x1000, 0x5000]);
+        assert_eq!(t.starts_in(0x3000, 0x5000), Vec::<u64>::new());
+        assert!(t.is_free(0x3000, 0x5000));
+        assert!(!t.is_free(0x3000, 0x5001));
+        t.check().unwrap();
+    }
+
+    #[test]
+    fn split_keeps_offsets() {
+        let mut t = VmaTree::new();
+        t.insert(anon(0x1000, 0x5000));
+        assert!(t.split(0x3000));
+        assert!(!t.split(0x3000), "already a boundary");
+        assert!(!t.split(0x9000), "nothing there");
+        let (a, b) = (t.get(0x1000).unwrap(), t.get(0x3000).unwrap());
+        assert_eq!((a.end, a.pgoff), (0x3000, 1));
+        assert_eq!((b.end, b.pgoff), (0x5000, 3));
+        assert_eq!(t.len(), 2);
+        t.check().unwrap();
+    }
+}
