@@ -23,6 +23,8 @@ pub enum FileKind {
     /// The shmem object of a MAP_SHARED|MAP_ANONYMOUS mapping, shown as
     /// `/dev/zero (deleted)` in /proc/PID/maps.
     SharedAnon,
+    /// A memfd (shmem), shown as `/memfd:NAME (deleted)`.
+    Memfd,
 }
 
 /// An open file.
@@ -73,6 +75,26 @@ impl File {
             writable: true,
             cache: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// A memfd named `name` of `size` bytes (memfd_create + ftruncate).
+    pub fn memfd(name: &str, size: u64) -> FileRef {
+        Arc::new(Self {
+            id: NEXT_FILE.fetch_add(1, Ordering::Relaxed),
+            kind: FileKind::Memfd,
+            path: format!("/memfd:{name} (deleted)"),
+            dev: (0, 1),
+            inode: NEXT_SHMEM_INODE.fetch_add(1, Ordering::Relaxed),
+            size: AtomicU64::new(size),
+            writable: true,
+            cache: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Whether the file lives in shmem (tmpfs semantics: no write-notify,
+    /// pages allocated on read faults).
+    pub fn is_shmem(&self) -> bool {
+        matches!(self.kind, FileKind::SharedAnon | FileKind::Memfd)
     }
 
     /// Identity.

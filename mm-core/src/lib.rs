@@ -6,16 +6,25 @@
 //! source they follow.
 
 pub mod addr;
+pub mod apply;
 pub mod errno;
+pub mod fault;
 pub mod file;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod host;
+pub mod mm;
+pub mod mmap;
+pub mod mprotect;
+pub mod munmap;
 pub mod op;
 pub mod page;
 pub mod pgtable;
+pub mod proc;
 pub mod stats;
 pub mod uapi;
 pub mod vm_flags;
 pub mod vma;
+pub mod vma_merge;
 
 pub use errno::{Errno, KResult};
+pub use mm::{Mm, MmConfig};

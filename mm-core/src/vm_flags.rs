@@ -42,6 +42,9 @@ flags! {
     UFFD_MISSING = 0x200;
     /// Raw PFN mapping.
     PFNMAP = 0x400;
+    /// A guard region may have been installed in this VMA (VM_MAYBE_GUARD,
+    /// 6.19 and 6.18.y; sticky: survives MADV_GUARD_REMOVE).
+    MAYBE_GUARD = 0x800;
     /// userfaultfd write-protect tracking.
     UFFD_WP = 0x1000;
     /// mlocked.
@@ -82,6 +85,14 @@ flags! {
     NOHUGEPAGE = 0x4000_0000;
     /// KSM candidate (MADV_MERGEABLE).
     MERGEABLE = 0x8000_0000;
+    /// Protection key bit 0 (x86 PKU; the execute-only key is 1).
+    PKEY_BIT0 = 0x1_0000_0000;
+    /// Protection key bit 1.
+    PKEY_BIT1 = 0x2_0000_0000;
+    /// Protection key bit 2.
+    PKEY_BIT2 = 0x4_0000_0000;
+    /// Protection key bit 3.
+    PKEY_BIT3 = 0x8_0000_0000;
 }
 
 impl VmFlags {
@@ -92,6 +103,19 @@ impl VmFlags {
     pub const LOCKED_MASK: Self = Self(Self::LOCKED.0 | Self::LOCKONFAULT.0);
     /// The access bits.
     pub const ACCESS: Self = Self(Self::READ.0 | Self::WRITE.0 | Self::EXEC.0);
+    /// The protection-key bits.
+    pub const PKEY_BITS: Self = Self(0xf_0000_0000);
+
+    /// The protection key of a VMA.
+    pub const fn pkey(self) -> u64 {
+        (self.0 >> 32) & 0xf
+    }
+
+    /// With protection key `key`.
+    #[must_use]
+    pub const fn with_pkey(self, key: u64) -> Self {
+        Self((self.0 & !Self::PKEY_BITS.0) | ((key & 0xf) << 32))
+    }
 
     /// All bits of `other` are set.
     #[inline]
@@ -153,6 +177,54 @@ impl VmFlags {
                 b'p'
             },
         ]
+    }
+}
+
+/// smaps VmFlags mnemonics by bit (fs/proc/task_mmu.c show_smap_vma_flags),
+/// for x86_64; bits without one print nothing.
+pub const MNEMONICS: &[(u32, &str)] = &[
+    (0, "rd"),
+    (1, "wr"),
+    (2, "ex"),
+    (3, "sh"),
+    (4, "mr"),
+    (5, "mw"),
+    (6, "me"),
+    (7, "ms"),
+    (8, "gd"),
+    (9, "um"),
+    (10, "pf"),
+    (11, "gu"),
+    (12, "uw"),
+    (13, "lo"),
+    (14, "io"),
+    (15, "sr"),
+    (16, "rr"),
+    (17, "dc"),
+    (18, "de"),
+    (19, "lf"),
+    (20, "ac"),
+    (21, "nr"),
+    (22, "ht"),
+    (23, "sf"),
+    (24, "ar"),
+    (25, "wf"),
+    (26, "dd"),
+    (27, "sd"),
+    (28, "mm"),
+    (29, "hg"),
+    (30, "nh"),
+    (31, "mg"),
+];
+
+impl VmFlags {
+    /// The smaps `VmFlags:` mnemonics of these flags, in bit order.
+    pub fn mnemonics(self) -> Vec<&'static str> {
+        MNEMONICS
+            .iter()
+            .filter(|(bit, _)| self.0 & (1 << bit) != 0)
+            .map(|(_, m)| *m)
+            .collect()
     }
 }
 
@@ -218,5 +290,8 @@ mod tests {
         assert_eq!(VmFlags::from_prot(7), VmFlags::ACCESS);
         assert!(VmFlags::SPECIAL.contains(VmFlags::PFNMAP));
         assert_eq!(f.without(VmFlags::WRITE).prot(), 1);
+        let f =
+            f | VmFlags::MAYEXEC | VmFlags::ACCOUNT | VmFlags::MAYBE_GUARD | VmFlags::NOHUGEPAGE;
+        assert_eq!(f.mnemonics().join(" "), "rd wr mr mw me gu ac nh");
     }
 }

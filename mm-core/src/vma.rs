@@ -39,11 +39,10 @@ impl AnonVma {
     }
 }
 
-/// The name /proc/PID/maps prints for a VMA without a file.
+/// A name /proc/PID/maps prints for a VMA without a file (`[heap]` is not
+/// one: it is derived from the brk range).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmaName {
-    /// `[heap]`: the brk area.
-    Heap,
     /// `[stack]`.
     Stack,
     /// `[anon:NAME]` (prctl PR_SET_VMA_ANON_NAME).
@@ -66,10 +65,11 @@ pub struct Vma {
     pub file: Option<FileRef>,
     /// The anon_vma, once anonymous pages may exist.
     pub anon_vma: Option<AnonVmaRef>,
-    /// Number of anon_vmas on this VMA's anon_vma_chain: 1 normally, more
-    /// in a child after fork (it links to its parent's anon_vmas too). The
-    /// merge rules look at whether the chain is singular.
-    pub anon_vma_chain: u32,
+    /// vma_is_fork_child(): the VMA has an anon_vma and its anon_vma_chain
+    /// is not singular (a child's VMA after fork also links to its parent's
+    /// anon_vmas). Such VMAs neither merge with nor lend their anon_vma to
+    /// neighbours without one.
+    pub fork_child: bool,
     /// Name for anonymous VMAs.
     pub name: Option<VmaName>,
 }
@@ -84,7 +84,7 @@ impl Vma {
             pgoff,
             file,
             anon_vma: None,
-            anon_vma_chain: 0,
+            fork_child: false,
             name: None,
         }
     }
@@ -109,11 +109,9 @@ impl Vma {
         self.file.is_none()
     }
 
-    /// Whether this is a shmem (shared anonymous) mapping.
+    /// Whether the VMA maps shmem (shared anonymous memory or a memfd).
     pub fn is_shmem(&self) -> bool {
-        self.file
-            .as_ref()
-            .is_some_and(|f| *f.kind() == crate::file::FileKind::SharedAnon)
+        self.file.as_ref().is_some_and(|f| f.is_shmem())
     }
 
     /// The file page index of `addr` (linear_page_index).
@@ -208,8 +206,13 @@ impl VmaTree {
     }
 
     /// All VMAs in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Vma> {
         self.map.values()
+    }
+
+    /// The VMAs starting below `addr`, highest first.
+    pub fn rev_below(&self, addr: u64) -> impl Iterator<Item = &Vma> {
+        self.map.range(..addr).rev().map(|(_, v)| v)
     }
 
     /// Whether `[start, end)` intersects no VMA.

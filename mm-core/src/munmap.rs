@@ -1,0 +1,59 @@
+//! munmap(2) and the unmapping every other operation uses
+//! (mm/vma.c: do_vmi_munmap, vms_gather_munmap_vmas, and the zap of the
+//! page tables in vms_complete_munmap_vmas).
+
+use crate::{
+    addr::{PAGE_SIZE, is_page_aligned, page_align},
+    errno::{Errno, KResult},
+    mm::Mm,
+};
+
+impl Mm {
+    /// munmap(addr, len).
+    pub fn munmap(&mut self, addr: u64, len: u64) -> KResult<()> {
+        let task = self.config.task_size;
+        if !is_page_aligned(addr) || addr > task || len > task - addr {
+            return Err(Errno::EINVAL);
+        }
+        let end = addr + page_align(len).ok_or(Errno::EINVAL)?;
+        if end == addr {
+            return Err(Errno::EINVAL);
+        }
+        self.do_munmap(addr, end)
+    }
+
+    /// Remove every VMA in `[start, end)` (page aligned), splitting the
+    /// ones that straddle the edges, and clear their page tables. Only a
+    /// split that cuts one VMA in three checks the map count.
+    pub(crate) fn do_munmap(&mut self, start: u64, end: u64) -> KResult<()> {
+        let Some(first) = self.vmas.find(start).filter(|v| v.start < end) else {
+            return Ok(());
+        };
+        let (fstart, fend) = (first.start, first.end);
+        if start > fstart {
+            if end < fend && self.vmas.len() >= self.config.max_map_count {
+                return Err(Errno::ENOMEM);
+            }
+            self.vmas.split(start);
+        }
+        if self.vmas.lookup(end).is_some_and(|v| v.start < end) {
+            self.vmas.split(end);
+        }
+        for s in self.vmas.starts_in(start, end) {
+            let v = self.vmas.remove(s).expect("listed");
+            self.zap_range(v.start, v.end, v.is_shmem(), true);
+        }
+        self.pt.free_empty(start / PAGE_SIZE, end / PAGE_SIZE);
+        Ok(())
+    }
+
+    /// Clear the PTEs of `[start, end)`; markers too when `markers`.
+    pub(crate) fn zap_range(&mut self, start: u64, end: u64, shmem: bool, markers: bool) {
+        for vpn in self.pt.occupied(start / PAGE_SIZE, end / PAGE_SIZE) {
+            if !markers && self.pt.get(vpn).present().is_none() {
+                continue;
+            }
+            self.pt.take(vpn, shmem);
+        }
+    }
+}

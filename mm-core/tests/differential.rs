@@ -1,0 +1,396 @@
+//! Differential testing against the running kernel: the same seeded random
+//! sequence of mm operations runs on the host (real system calls, in a
+//! runner process, inside a reserved window of its address space) and on
+//! the engine. After every step the op's outcome, the window's VMAs (start,
+//! end, permissions, offset) and its pagemap bits must agree. A divergence
+//! is shrunk to a minimal sequence, which the failure message prints.
+//!
+//! Host features the comparison depends on (guard regions, soft-dirty,
+//! protection keys) are detected at run time and reported; a missing one
+//! disables the ops or bits it concerns, never silently.
+
+use std::path::PathBuf;
+
+use mm_core::{
+    Mm, MmConfig,
+    addr::PAGE_SIZE,
+    apply::Files,
+    host::{DEFAULT_WINDOW, client::RemoteHost, runner::Features},
+    op::{Op, Outcome, WindowState},
+    pgtable::Pte,
+    proc::pm,
+    uapi::map,
+    vm_flags::VmFlags,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const PAGES: u64 = 64;
+const BASE: u64 = DEFAULT_WINDOW;
+const FILE_PAGES: u64 = 16;
+
+fn runner() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mm-host-runner"))
+}
+
+fn pku() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .find(|l| l.starts_with("flags"))
+            .is_some_and(|l| l.split_whitespace().any(|f| f == "ospke"))
+    })
+}
+
+fn engine_config(f: Features) -> MmConfig {
+    MmConfig {
+        soft_dirty: f.soft_dirty,
+        exec_only_pkey: pku(),
+        ..MmConfig::default()
+    }
+}
+
+/// The pagemap bits compared: everything but soft-dirty where the host
+/// has no soft-dirty.
+fn mask(f: Features) -> u64 {
+    if f.soft_dirty {
+        pm::FLAGS
+    } else {
+        pm::FLAGS & !pm::SOFT_DIRTY
+    }
+}
+
+struct Gen {
+    rng: ChaCha8Rng,
+    features: Features,
+}
+
+impl Gen {
+    fn page(&mut self) -> u64 {
+        BASE + self.rng.random_range(0..PAGES) * PAGE_SIZE
+    }
+
+    fn len(&mut self) -> u64 {
+        match self.rng.random_range(0..100) {
+            0 => 0,
+            1 => u64::MAX - 0xfff,
+            2 => self.rng.random_range(1..PAGE_SIZE),
+            3..=9 => self.rng.random_range(1..4 * PAGE_SIZE),
+            _ => self.rng.random_range(1..=8) * PAGE_SIZE,
+        }
+    }
+
+    fn addr(&mut self) -> u64 {
+        let a = self.page();
+        if self.rng.random_range(0..50) == 0 {
+            a + 1
+        } else {
+            a
+        }
+    }
+
+    fn prot(&mut self) -> u64 {
+        match self.rng.random_range(0..20) {
+            0 => 0x10 | 3,
+            1 => 4, // exec-only
+            _ => [0, 1, 3, 3, 3, 5, 7, 1][self.rng.random_range(0..8)],
+        }
+    }
+
+    /// A free range in the window of `pages` pages, per the engine.
+    fn free_range(&mut self, mm: &Mm, pages: u64) -> Option<u64> {
+        for _ in 0..8 {
+            let p = self.rng.random_range(0..=PAGES - pages);
+            let a = BASE + p * PAGE_SIZE;
+            if mm.vmas().is_free(a, a + pages * PAGE_SIZE) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    /// Whether executing at `a` is safe on the host: it faults, or the byte
+    /// there is a `ret` (0xc3).
+    fn exec_safe(mm: &Mm, a: u64) -> bool {
+        let Some(v) = mm.vma_at(a) else { return true };
+        if !v.flags.contains(VmFlags::EXEC) {
+            return true; // faults on NX (or earlier)
+        }
+        match mm.page_tables().get(a / PAGE_SIZE) {
+            Pte::Present(p) => p.page.read(a & (PAGE_SIZE - 1)) == 0xc3,
+            Pte::Marker(_) => true,
+            Pte::None => v.file.as_ref().is_some_and(|f| {
+                f.read_at(v.page_index(a) * PAGE_SIZE + (a & (PAGE_SIZE - 1))) == 0xc3
+            }),
+        }
+    }
+
+    fn op(&mut self, mm: &Mm, files: &Files) -> Op {
+        let r = self.rng.random_range(0..100);
+        match r {
+            0..=24 => {
+                let pages = self.rng.random_range(1..=6);
+                let mut flags = map::ANONYMOUS;
+                let mut file = None;
+                let mut offset = 0;
+                match self.rng.random_range(0..10) {
+                    0 => flags |= map::SHARED,
+                    1 | 2 if !files.is_empty() => {
+                        flags = if self.rng.random_bool(0.5) {
+                            map::SHARED
+                        } else {
+                            map::PRIVATE
+                        };
+                        file = Some(self.rng.random_range(0..files.len() as u32));
+                        offset = self.rng.random_range(0..FILE_PAGES) * PAGE_SIZE;
+                    }
+                    3 if self.rng.random_bool(0.1) => flags |= map::SHARED_VALIDATE,
+                    _ => flags |= map::PRIVATE,
+                }
+                let (addr, placement) = match self.rng.random_range(0..10) {
+                    0..=5 => (self.addr(), map::FIXED),
+                    6 | 7 => (self.page(), map::FIXED_NOREPLACE),
+                    _ => match self.free_range(mm, pages) {
+                        Some(a) => (a, 0),
+                        None => (self.page(), map::FIXED),
+                    },
+                };
+                flags |= placement;
+                if self.rng.random_range(0..8) == 0 {
+                    flags |= map::POPULATE;
+                }
+                if self.rng.random_range(0..20) == 0 {
+                    flags |= map::NORESERVE;
+                }
+                let len = if self.rng.random_range(0..30) == 0 {
+                    self.len()
+                } else {
+                    pages * PAGE_SIZE
+                };
+                Op::Mmap {
+                    addr,
+                    len,
+                    prot: self.prot(),
+                    flags,
+                    file,
+                    offset,
+                }
+            }
+            25..=34 => Op::Munmap {
+                addr: self.addr(),
+                len: self.len(),
+            },
+            35..=52 => Op::Mprotect {
+                addr: self.addr(),
+                len: self.len(),
+                prot: self.prot(),
+            },
+            53..=69 => Op::Read {
+                addr: self.page() + self.rng.random_range(0..4),
+            },
+            70..=89 => Op::Write {
+                addr: self.page() + self.rng.random_range(0..4),
+                value: if self.rng.random_bool(0.6) {
+                    0xc3
+                } else {
+                    self.rng.random()
+                },
+            },
+            _ => {
+                for _ in 0..8 {
+                    let a = self.page();
+                    if Self::exec_safe(mm, a) {
+                        return Op::Exec { addr: a };
+                    }
+                }
+                Op::Read { addr: self.page() }
+            }
+        }
+    }
+}
+
+/// One step where the engine and the host disagreed.
+#[derive(Debug)]
+struct Divergence {
+    step: usize,
+    op: Op,
+    engine: (Outcome, WindowState),
+    host: (Outcome, WindowState),
+}
+
+fn masked(mut s: WindowState, m: u64) -> WindowState {
+    for e in &mut s.pagemap {
+        *e &= m;
+    }
+    s
+}
+
+fn in_window(a: u64) -> bool {
+    (BASE..BASE + PAGES * PAGE_SIZE).contains(&a)
+}
+
+/// Outcomes agree. A non-fixed mmap whose hint was taken is placed top-down
+/// from mmap_base, which differs between the engine and the host: both
+/// landing outside the window counts as agreement (the window is unchanged
+/// on both sides, and that is checked).
+fn same_outcome(op: &Op, e: Outcome, h: Outcome) -> bool {
+    match (op, e, h) {
+        (Op::Mmap { .. }, Outcome::Ok(a), Outcome::Ok(b)) if !in_window(a) && !in_window(b) => true,
+        _ => e == h,
+    }
+}
+
+/// Run `ops` on a fresh engine and a fresh host runner; the first
+/// divergence, if any.
+fn run(ops: &[Op], features: Features) -> Result<Option<Divergence>, String> {
+    let mut host = RemoteHost::spawn(&runner(), BASE, PAGES).map_err(|e| e.to_string())?;
+    let mut mm = Mm::new(engine_config(features));
+    let mut files = Files::new();
+    let m = mask(features);
+    for (step, op) in ops.iter().enumerate() {
+        if let Op::Exec { addr } = op {
+            if !Gen::exec_safe(&mm, *addr) {
+                // Only reachable in a shrinking candidate that dropped the
+                // write of the `ret`: not a valid reproduction.
+                return Err(format!("step {step}: unsafe exec at {addr:#x}"));
+            }
+        }
+        let e_out = mm.apply(op, &mut files);
+        let e_state = masked(mm.window(BASE, PAGES), m);
+        let reply = host
+            .exec(op)
+            .map_err(|e| format!("step {step} {op:?}: {e}"))?;
+        let h_state = masked(reply.state, m);
+        if !same_outcome(op, e_out, reply.outcome) || e_state != h_state {
+            return Ok(Some(Divergence {
+                step,
+                op: op.clone(),
+                engine: (e_out, e_state),
+                host: (reply.outcome, h_state),
+            }));
+        }
+        if let Err(e) = mm.check_invariants() {
+            return Err(format!(
+                "engine invariant broken after step {step} {op:?}: {e}"
+            ));
+        }
+    }
+    Ok(None)
+}
+
+/// Delta debugging: the smallest sub-sequence (in a bounded number of
+/// attempts) that still diverges.
+fn shrink(mut ops: Vec<Op>, features: Features) -> Vec<Op> {
+    let mut attempts = 0;
+    let mut chunk = ops.len() / 2;
+    while chunk >= 1 && attempts < 400 {
+        let mut i = 0;
+        let mut removed = false;
+        while i < ops.len() && attempts < 400 {
+            let mut candidate = ops.clone();
+            let end = (i + chunk).min(candidate.len());
+            candidate.drain(i..end);
+            attempts += 1;
+            if matches!(run(&candidate, features), Ok(Some(_))) {
+                ops = candidate;
+                removed = true;
+            } else {
+                i += chunk;
+            }
+        }
+        if !removed {
+            chunk /= 2;
+        }
+    }
+    ops
+}
+
+fn describe(ops: &[Op], d: &Divergence) -> String {
+    let mut s = String::from("minimal diverging sequence:\n");
+    for (i, op) in ops.iter().enumerate() {
+        s.push_str(&format!(
+            "  {i:>3}: {}\n",
+            serde_json::to_string(op).unwrap()
+        ));
+    }
+    s.push_str(&format!(
+        "diverges at step {} ({:?}):\n  engine: {:?}\n          {:?}\n  host:   {:?}\n          {:?}\n",
+        d.step, d.op, d.engine.0, d.engine.1, d.host.0, d.host.1
+    ));
+    s
+}
+
+fn sequence(seed: u64, steps: usize, features: Features) -> Vec<Op> {
+    let mut g = Gen {
+        rng: ChaCha8Rng::seed_from_u64(seed),
+        features,
+    };
+    let mut mm = Mm::new(engine_config(features));
+    let mut files = Files::new();
+    let mut ops = Vec::with_capacity(steps);
+    // Two files to map: one zero-filled, one full of `ret`s.
+    for (id, fill) in [(0u32, 0u8), (1, 0xc3)] {
+        let op = Op::CreateFile {
+            id,
+            size: FILE_PAGES * PAGE_SIZE,
+            fill,
+        };
+        mm.apply(&op, &mut files);
+        ops.push(op);
+    }
+    while ops.len() < steps {
+        let op = g.op(&mm, &files);
+        let _ = g.features;
+        mm.apply(&op, &mut files);
+        ops.push(op);
+    }
+    ops
+}
+
+#[test]
+fn engine_matches_host_kernel() {
+    let probe = RemoteHost::spawn(&runner(), BASE, PAGES).expect("start the host runner");
+    let features = probe.features();
+    drop(probe);
+    eprintln!(
+        "host features: guard regions {}, soft-dirty {}, protection keys {}",
+        features.guard_regions,
+        features.soft_dirty,
+        pku()
+    );
+    if !features.soft_dirty {
+        eprintln!(
+            "SKIPPED comparison of pagemap soft-dirty bits: the host kernel lacks CONFIG_MEM_SOFT_DIRTY"
+        );
+    }
+    let total: usize = std::env::var("MM_DIFF_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let per_seq = 500;
+    let base_seed: u64 = std::env::var("MM_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut done = 0;
+    let mut seq = 0;
+    while done < total {
+        let seed = base_seed + seq;
+        let ops = sequence(seed, per_seq, features);
+        match run(&ops, features) {
+            Ok(None) => {}
+            Ok(Some(d)) => {
+                let prefix = ops[..=d.step].to_vec();
+                let small = shrink(prefix, features);
+                let d2 = run(&small, features).unwrap().expect("still diverges");
+                panic!(
+                    "seed {seed}: engine and host diverge\n{}",
+                    describe(&small, &d2)
+                );
+            }
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+        done += ops.len();
+        seq += 1;
+    }
+    eprintln!("{done} steps in {seq} sequences, no divergence");
+}
