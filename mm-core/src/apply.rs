@@ -40,11 +40,14 @@ impl Mm {
             Op::Mprotect { addr, len, prot } => {
                 Outcome::from_result(self.mprotect(addr, len, prot).map(|()| 0))
             }
-            Op::Mremap { .. }
-            | Op::Madvise { .. }
-            | Op::Mlock { .. }
-            | Op::Munlock { .. }
-            | Op::ClearRefs { .. } => Outcome::Err(Errno::EINVAL),
+            Op::Madvise { addr, len, advice } => {
+                Outcome::from_result(self.madvise(addr, len, advice).map(|()| 0))
+            }
+            Op::Mlock { addr, len, flags } => {
+                Outcome::from_result(self.mlock2(addr, len, flags).map(|()| 0))
+            }
+            Op::Munlock { addr, len } => Outcome::from_result(self.munlock(addr, len).map(|()| 0)),
+            Op::Mremap { .. } | Op::ClearRefs { .. } => Outcome::Err(Errno::EINVAL),
             Op::CreateFile { id, size, fill } => {
                 let f = File::memfd(&format!("mmcore-file-{id}"), size);
                 if fill != 0 {

@@ -156,6 +156,12 @@ impl File {
             .cloned()
     }
 
+    /// Drop the page at `index` from the page cache (hole punch): its
+    /// contents read as zero afterwards.
+    pub fn punch(&self, index: u64) {
+        self.cache.lock().expect("page cache lock").remove(&index);
+    }
+
     /// Write bytes through the file (pwrite), for tests and setup.
     pub fn write_at(&self, offset: u64, bytes: &[u8]) {
         for (i, b) in bytes.iter().enumerate() {

@@ -12,6 +12,8 @@ pub mod fault;
 pub mod file;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod host;
+pub mod madvise;
+pub mod mlock;
 pub mod mm;
 pub mod mmap;
 pub mod mprotect;

@@ -19,7 +19,7 @@ use mm_core::{
     op::{Op, Outcome, WindowState},
     pgtable::Pte,
     proc::pm,
-    uapi::map,
+    uapi::{madv, map},
     vm_flags::VmFlags,
 };
 use rand::{Rng, SeedableRng};
@@ -93,6 +93,46 @@ impl Gen {
             0 => 0x10 | 3,
             1 => 4, // exec-only
             _ => [0, 1, 3, 3, 3, 5, 7, 1][self.rng.random_range(0..8)],
+        }
+    }
+
+    fn advice(&mut self) -> i32 {
+        const COMMON: &[i32] = &[
+            madv::DONTNEED,
+            madv::DONTNEED,
+            madv::FREE,
+            madv::WILLNEED,
+            madv::POPULATE_READ,
+            madv::POPULATE_WRITE,
+            madv::GUARD_INSTALL,
+            madv::GUARD_INSTALL,
+            madv::GUARD_REMOVE,
+            madv::GUARD_REMOVE,
+            madv::WIPEONFORK,
+            madv::KEEPONFORK,
+            madv::DONTFORK,
+            madv::DOFORK,
+            madv::HUGEPAGE,
+            madv::NOHUGEPAGE,
+            madv::SEQUENTIAL,
+            madv::RANDOM,
+            madv::NORMAL,
+            madv::DONTDUMP,
+            madv::DODUMP,
+            madv::DONTNEED_LOCKED,
+            madv::REMOVE,
+            madv::COLD,
+        ];
+        match self.rng.random_range(0..40) {
+            0 => [5, 7, 99, 100, 101, 26, -1][self.rng.random_range(0..7)],
+            _ => {
+                let a = COMMON[self.rng.random_range(0..COMMON.len())];
+                if !self.features.guard_regions && a >= madv::GUARD_INSTALL {
+                    madv::DONTNEED
+                } else {
+                    a
+                }
+            }
         }
     }
 
@@ -175,16 +215,40 @@ impl Gen {
                     offset,
                 }
             }
-            25..=34 => Op::Munmap {
+            25..=31 => Op::Munmap {
                 addr: self.addr(),
                 len: self.len(),
             },
-            35..=52 => Op::Mprotect {
+            32..=43 => Op::Mprotect {
                 addr: self.addr(),
                 len: self.len(),
                 prot: self.prot(),
             },
-            53..=69 => Op::Read {
+            44..=55 => Op::Madvise {
+                addr: self.addr(),
+                len: self.len(),
+                advice: self.advice(),
+            },
+            56..=59 => {
+                let flags = match self.rng.random_range(0..10) {
+                    0 => 2,
+                    1..=3 => 1,
+                    _ => 0,
+                };
+                if self.rng.random_range(0..3) == 0 {
+                    Op::Munlock {
+                        addr: self.addr(),
+                        len: self.len(),
+                    }
+                } else {
+                    Op::Mlock {
+                        addr: self.addr(),
+                        len: self.len(),
+                        flags,
+                    }
+                }
+            }
+            60..=69 => Op::Read {
                 addr: self.page() + self.rng.random_range(0..4),
             },
             70..=89 => Op::Write {
@@ -241,7 +305,50 @@ fn same_outcome(op: &Op, e: Outcome, h: Outcome) -> bool {
 
 /// Run `ops` on a fresh engine and a fresh host runner; the first
 /// divergence, if any.
+/// Outcomes seen, by op kind: (successes, errors, faults).
+type Coverage = std::collections::BTreeMap<&'static str, (u64, u64, u64)>;
+
+fn kind(op: &Op) -> &'static str {
+    match op {
+        Op::Mmap { .. } => "mmap",
+        Op::Munmap { .. } => "munmap",
+        Op::Mprotect { .. } => "mprotect",
+        Op::Mremap { .. } => "mremap",
+        Op::Madvise { advice, .. } => match *advice {
+            madv::GUARD_INSTALL => "madvise(guard_install)",
+            madv::GUARD_REMOVE => "madvise(guard_remove)",
+            madv::DONTNEED => "madvise(dontneed)",
+            madv::POPULATE_READ | madv::POPULATE_WRITE => "madvise(populate)",
+            _ => "madvise(other)",
+        },
+        Op::Mlock { .. } => "mlock",
+        Op::Munlock { .. } => "munlock",
+        Op::ClearRefs { .. } => "clear_refs",
+        Op::CreateFile { .. } => "create_file",
+        Op::Read { .. } => "read",
+        Op::Write { .. } => "write",
+        Op::Exec { .. } => "exec",
+    }
+}
+
+fn tally(cov: &mut Coverage, op: &Op, out: Outcome) {
+    let e = cov.entry(kind(op)).or_default();
+    match out {
+        Outcome::Ok(_) | Outcome::Value(_) => e.0 += 1,
+        Outcome::Err(_) => e.1 += 1,
+        Outcome::Segv | Outcome::Bus => e.2 += 1,
+    }
+}
+
 fn run(ops: &[Op], features: Features) -> Result<Option<Divergence>, String> {
+    run_counting(ops, features, &mut Coverage::new())
+}
+
+fn run_counting(
+    ops: &[Op],
+    features: Features,
+    cov: &mut Coverage,
+) -> Result<Option<Divergence>, String> {
     let mut host = RemoteHost::spawn(&runner(), BASE, PAGES).map_err(|e| e.to_string())?;
     let mut mm = Mm::new(engine_config(features));
     let mut files = Files::new();
@@ -260,6 +367,7 @@ fn run(ops: &[Op], features: Features) -> Result<Option<Divergence>, String> {
             .exec(op)
             .map_err(|e| format!("step {step} {op:?}: {e}"))?;
         let h_state = masked(reply.state, m);
+        tally(cov, op, e_out);
         if !same_outcome(op, e_out, reply.outcome) || e_state != h_state {
             return Ok(Some(Divergence {
                 step,
@@ -373,10 +481,11 @@ fn engine_matches_host_kernel() {
         .unwrap_or(0x5eed);
     let mut done = 0;
     let mut seq = 0;
+    let mut cov = Coverage::new();
     while done < total {
         let seed = base_seed + seq;
         let ops = sequence(seed, per_seq, features);
-        match run(&ops, features) {
+        match run_counting(&ops, features, &mut cov) {
             Ok(None) => {}
             Ok(Some(d)) => {
                 let prefix = ops[..=d.step].to_vec();
@@ -393,4 +502,42 @@ fn engine_matches_host_kernel() {
         seq += 1;
     }
     eprintln!("{done} steps in {seq} sequences, no divergence");
+    for (k, (ok, err, fault)) in &cov {
+        eprintln!("  {k:<24} ok {ok:>6}  errno {err:>6}  fault {fault:>6}");
+    }
+    // The comparison means something only if every kind of operation
+    // really did things on both sides: minimum successes (and faults) per
+    // 10,000 steps.
+    let per_10k = |n: u64| n * done as u64 / 10_000;
+    let mut wanted: Vec<(&str, u64)> = vec![
+        ("mmap", 500),
+        ("munmap", 200),
+        ("mprotect", 200),
+        ("madvise(dontneed)", 15),
+        ("madvise(populate)", 5),
+        ("madvise(other)", 100),
+        ("mlock", 30),
+        ("munlock", 20),
+        ("read", 200),
+        ("write", 200),
+        ("exec", 5),
+    ];
+    if features.guard_regions {
+        wanted.push(("madvise(guard_install)", 15));
+        wanted.push(("madvise(guard_remove)", 15));
+    }
+    for (k, min) in wanted {
+        let (ok, _, _) = cov.get(k).copied().unwrap_or_default();
+        assert!(
+            ok >= per_10k(min),
+            "only {ok} successful {k} in {done} steps"
+        );
+    }
+    for k in ["read", "write", "exec"] {
+        let (_, _, fault) = cov.get(k).copied().unwrap_or_default();
+        assert!(
+            fault >= per_10k(100),
+            "only {fault} faulting {k} in {done} steps"
+        );
+    }
 }
