@@ -334,14 +334,19 @@ impl Mm {
                     shmem,
                 );
             }
-        } else if !file.has_page(index) {
-            return FaultResult::Bus;
         } else if !shared {
-            // do_cow_fault: a private copy of the file page.
+            // do_cow_fault: vmf_anon_prepare() comes before __do_fault()
+            // finds the page missing, so even a SIGBUS leaves the VMA
+            // with an anon_vma (which decides later merges).
             self.anon_vma_prepare(vma.start);
+            if !file.has_page(index) {
+                return FaultResult::Bus;
+            }
             let copy = Page::copy_of(&file.page(index));
             let writable = vma.flags.contains(VmFlags::WRITE);
             self.pt.set(vpn, Self::dirty_pte(copy, writable), false);
+        } else if !file.has_page(index) {
+            return FaultResult::Bus;
         } else {
             // do_shared_fault: the page-cache page itself, dirty.
             self.pt
