@@ -6,7 +6,7 @@ use crate::{
     errno::Errno,
     fault::AccessError,
     file::{File, FileRef},
-    mm::Mm,
+    mm::{Mm, MmConfig},
     op::{Op, Outcome},
 };
 
@@ -21,10 +21,59 @@ fn access_outcome(r: Result<u8, AccessError>) -> Outcome {
     }
 }
 
+/// A process executing ops: an address space and the files it opened.
+/// [`Op::Fork`] continues in the child; the parent's address space is
+/// kept (the parent waits for the child), so the pages they share stay
+/// shared, as on the host runner.
+#[derive(Debug, Default)]
+pub struct Process {
+    mm: Mm,
+    files: Files,
+    waiting: Vec<Mm>,
+}
+
+impl Process {
+    /// A process with an empty address space.
+    pub fn new(config: MmConfig) -> Self {
+        Self {
+            mm: Mm::new(config),
+            files: Files::new(),
+            waiting: Vec::new(),
+        }
+    }
+
+    /// The current address space.
+    pub const fn mm(&self) -> &Mm {
+        &self.mm
+    }
+
+    /// The files created so far.
+    pub const fn files(&self) -> &Files {
+        &self.files
+    }
+
+    /// How many ancestors are waiting (forks so far).
+    pub fn generation(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Execute one op.
+    pub fn apply(&mut self, op: &Op) -> Outcome {
+        if let Op::Fork = op {
+            let child = self.mm.fork();
+            self.waiting.push(std::mem::replace(&mut self.mm, child));
+            return Outcome::Ok(0);
+        }
+        self.mm.apply(op, &mut self.files)
+    }
+}
+
 impl Mm {
-    /// Execute one op on this address space.
+    /// Execute one op on this address space. [`Op::Fork`] needs a
+    /// [`Process`] to continue in; here it fails with EINVAL.
     pub fn apply(&mut self, op: &Op, files: &mut Files) -> Outcome {
         match *op {
+            Op::Fork => Outcome::Err(Errno::EINVAL),
             Op::Mmap {
                 addr,
                 len,
@@ -47,7 +96,14 @@ impl Mm {
                 Outcome::from_result(self.mlock2(addr, len, flags).map(|()| 0))
             }
             Op::Munlock { addr, len } => Outcome::from_result(self.munlock(addr, len).map(|()| 0)),
-            Op::Mremap { .. } | Op::ClearRefs { .. } => Outcome::Err(Errno::EINVAL),
+            Op::Mremap {
+                old_addr,
+                old_len,
+                new_len,
+                flags,
+                new_addr,
+            } => Outcome::from_result(self.mremap(old_addr, old_len, new_len, flags, new_addr)),
+            Op::ClearRefs { kind } => Outcome::from_result(self.clear_refs(kind).map(|()| 0)),
             Op::CreateFile { id, size, fill } => {
                 let f = File::memfd(&format!("mmcore-file-{id}"), size);
                 if fill != 0 {

@@ -7,9 +7,13 @@
 
 pub mod addr;
 pub mod apply;
+pub mod brk;
+pub mod clear_refs;
 pub mod errno;
 pub mod fault;
 pub mod file;
+pub mod fork;
+pub mod gap_index;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod host;
 pub mod madvise;
@@ -17,6 +21,7 @@ pub mod mlock;
 pub mod mm;
 pub mod mmap;
 pub mod mprotect;
+pub mod mremap;
 pub mod munmap;
 pub mod op;
 pub mod page;

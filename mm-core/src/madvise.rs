@@ -270,8 +270,9 @@ impl Mm {
             // 6.19 (and 6.18.y with the backport): the sticky flag makes
             // fork copy the page tables, so only anonymous VMAs still need
             // an anon_vma. Before, every VMA got one.
-            let m = self.vmas.get_mut(v.start).expect("exists");
+            let mut m = self.vmas.get_mut(v.start).expect("exists");
             m.flags = m.flags | VmFlags::MAYBE_GUARD;
+            drop(m);
             if v.is_anonymous() {
                 self.anon_vma_prepare(v.start);
             }

@@ -15,7 +15,7 @@ use crate::{
     pgtable::Pte,
     uapi::{map, prot},
     vm_flags::VmFlags,
-    vma::Vma,
+    vma::{Vma, VmaTree},
     vma_merge::Proposal,
 };
 
@@ -23,8 +23,6 @@ use crate::{
 const LEGACY_MAP_MASK: u64 = 0x7C07_F9F3;
 /// Size of a PMD-mapped huge page.
 const PMD_SIZE: u64 = 2 << 20;
-/// stack_guard_gap (256 pages).
-const STACK_GUARD_GAP: u64 = 256 * PAGE_SIZE;
 /// MAX_LFS_FILESIZE.
 const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
 
@@ -187,11 +185,12 @@ impl Mm {
         };
         // __mmap_complete: every new or expanded VMA is soft-dirty.
         let new_flags = self.new_vma_flags();
-        let v = self.vmas.get_mut(target).expect("just placed");
+        let mut v = self.vmas.get_mut(target).expect("just placed");
         v.flags = v.flags | new_flags;
         if v.flags.intersects(VmFlags::SPECIAL) {
             v.flags = v.flags.without(VmFlags::LOCKED_MASK);
         }
+        drop(v);
 
         let locked = vm_flags.contains(VmFlags::LOCKED);
         if locked || flags & (map::POPULATE | map::NONBLOCK) == map::POPULATE {
@@ -200,24 +199,20 @@ impl Mm {
         Ok(addr)
     }
 
-    /// vm_start_gap(): a stack VMA keeps a guard gap below it.
-    fn start_gap(v: &Vma) -> u64 {
-        if v.flags.contains(VmFlags::GROWSDOWN) {
-            v.start.saturating_sub(STACK_GUARD_GAP)
-        } else {
-            v.start
-        }
-    }
-
     /// Placement of a non-fixed mapping: the hint if the range is free,
     /// else the highest gap below mmap_base (2 MiB aligned for anonymous
     /// private mappings whose length is a multiple of 2 MiB).
-    fn get_unmapped_area(&self, hint: u64, len: u64, thp_candidate: bool) -> KResult<u64> {
+    pub(crate) fn get_unmapped_area(
+        &self,
+        hint: u64,
+        len: u64,
+        thp_candidate: bool,
+    ) -> KResult<u64> {
         let task = self.config.task_size;
         if hint != 0 && hint <= task - len {
             let fits = match self.vmas.find(hint) {
                 None => true,
-                Some(v) => hint + len <= Self::start_gap(v),
+                Some(v) => hint + len <= VmaTree::start_gap(v),
             };
             if fits {
                 return Ok(hint);
@@ -240,23 +235,24 @@ impl Mm {
 
     /// unmapped_area_topdown(): the highest address in
     /// `[max(PAGE_SIZE, mmap_min_addr), mmap_base)` with `len` free bytes
-    /// (and clear of a stack's guard gap). Walks the gaps from the top.
+    /// (and clear of a stack's guard gap). The gap straddling mmap_base is
+    /// tried first, then the gap index gives the highest big enough gap
+    /// below it in O(log n).
     fn topdown(&self, len: u64) -> Option<u64> {
         let low = PAGE_SIZE.max(MMAP_MIN_ADDR);
         let high = self.config.mmap_base;
-        // The gap above the highest VMA below mmap_base, then the gap
-        // below each VMA, going down.
-        let mut gap_end = self.vmas.next_of(high).map_or(u64::MAX, Self::start_gap);
-        for v in self.vmas.rev_below(high) {
-            if let Some(a) = Self::fit_top(v.end.max(low), gap_end.min(high), len) {
-                return Some(a);
-            }
-            gap_end = Self::start_gap(v);
-            if gap_end <= low {
-                return None;
-            }
+        let gap_end = self.vmas.next_of(high).map_or(u64::MAX, VmaTree::start_gap);
+        let Some(top) = self.vmas.rev_below(high).next() else {
+            return Self::fit_top(low, gap_end.min(high), len);
+        };
+        if let Some(a) = Self::fit_top(top.end.max(low), gap_end.min(high), len) {
+            return Some(a);
         }
-        Self::fit_top(low, gap_end.min(high), len)
+        let w = self.vmas.highest_gap_below(top.start, len)?;
+        let prev_end = self.vmas.prev_of(w.start).map_or(0, |p| p.end);
+        // If the gap only fits unclipped, it straddles `low`: every lower
+        // gap lies entirely below `low`.
+        Self::fit_top(prev_end.max(low), VmaTree::start_gap(w).min(high), len)
     }
 
     /// The highest `len`-byte range inside `[start, end)`, if it fits.
@@ -271,7 +267,7 @@ impl Mm {
             if v.end <= at {
                 continue;
             }
-            if Self::start_gap(v) >= at + len {
+            if VmaTree::start_gap(v) >= at + len {
                 return Some(at);
             }
             at = at.max(v.end);

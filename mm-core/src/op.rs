@@ -88,6 +88,9 @@ pub enum Op {
         /// 1-5.
         kind: u32,
     },
+    /// fork(): execution continues in the child, while the parent waits
+    /// (keeping its address space, so pages stay shared).
+    Fork,
     /// Create file `id` of `size` bytes, filled with `fill` (for file
     /// mappings).
     CreateFile {

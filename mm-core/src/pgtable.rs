@@ -177,13 +177,14 @@ impl PageTables {
     /// The non-empty entries in `[start_vpn, end_vpn)`, in order.
     pub fn range(&self, start_vpn: u64, end_vpn: u64) -> impl Iterator<Item = (u64, &Pte)> {
         let (first, _) = split(start_vpn);
-        let last = if end_vpn == 0 {
-            0
+        // An empty range selects no table.
+        let tables = if start_vpn < end_vpn {
+            first..split(end_vpn - 1).0 + 1
         } else {
-            split(end_vpn - 1).0
+            first..first
         };
         self.tables
-            .range(first..=last)
+            .range(tables)
             .flat_map(|(t, table)| {
                 let base = t * PTRS_PER_PTE;
                 table

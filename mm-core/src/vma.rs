@@ -4,14 +4,17 @@
 
 use std::{
     collections::BTreeMap,
-    ops::Bound,
+    ops::{Bound, Deref, DerefMut},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use crate::{file::FileRef, vm_flags::VmFlags};
+use crate::{addr::PAGE_SIZE, file::FileRef, gap_index::GapIndex, vm_flags::VmFlags};
+
+/// stack_guard_gap: the free space kept below a stack VMA (256 pages).
+pub const STACK_GUARD_GAP: u64 = 256 * PAGE_SIZE;
 
 static NEXT_ANON_VMA: AtomicU64 = AtomicU64::new(1);
 
@@ -120,10 +123,55 @@ impl Vma {
     }
 }
 
-/// The ordered, non-overlapping set of VMAs of one address space.
+/// The ordered, non-overlapping set of VMAs of one address space, with an
+/// index of the free gaps between them (the maple tree's gap tracking) so
+/// that unmapped-area searches stay logarithmic.
 #[derive(Clone, Debug, Default)]
 pub struct VmaTree {
     map: BTreeMap<u64, Vma>,
+    gaps: GapIndex,
+}
+
+/// A VMA borrowed mutably from its tree; when dropped, the tree re-files
+/// the VMA if its start moved and updates the gaps around it.
+pub struct VmaMut<'a> {
+    tree: &'a mut VmaTree,
+    key: u64,
+}
+
+impl Deref for VmaMut<'_> {
+    type Target = Vma;
+
+    fn deref(&self) -> &Vma {
+        &self.tree.map[&self.key]
+    }
+}
+
+impl DerefMut for VmaMut<'_> {
+    fn deref_mut(&mut self) -> &mut Vma {
+        self.tree
+            .map
+            .get_mut(&self.key)
+            .expect("borrowed VMA exists")
+    }
+}
+
+impl Drop for VmaMut<'_> {
+    fn drop(&mut self) {
+        let start = self.tree.map[&self.key].start;
+        if start != self.key {
+            let v = self
+                .tree
+                .map
+                .remove(&self.key)
+                .expect("borrowed VMA exists");
+            self.tree.gaps.remove(self.key);
+            self.tree.map.insert(start, v);
+            self.tree.refresh_after(self.key);
+        }
+        self.tree.refresh(start);
+        self.tree.refresh_after(start);
+    }
 }
 
 impl VmaTree {
@@ -152,12 +200,52 @@ impl VmaTree {
     }
 
     /// The VMA containing `addr`, mutably.
-    pub fn lookup_mut(&mut self, addr: u64) -> Option<&mut Vma> {
-        self.map
-            .range_mut(..=addr)
-            .next_back()
-            .map(|(_, v)| v)
-            .filter(|v| v.contains(addr))
+    pub fn lookup_mut(&mut self, addr: u64) -> Option<VmaMut<'_>> {
+        let key = self.lookup(addr)?.start;
+        Some(VmaMut { tree: self, key })
+    }
+
+    /// vm_start_gap(): where the free space a VMA needs below it begins.
+    pub fn start_gap(v: &Vma) -> u64 {
+        if v.flags.contains(VmFlags::GROWSDOWN) {
+            v.start.saturating_sub(STACK_GUARD_GAP)
+        } else {
+            v.start
+        }
+    }
+
+    /// The free space below the VMA at `key` (down to the previous VMA's
+    /// end, or to 0).
+    fn gap_below(&self, key: u64) -> Option<u64> {
+        let v = self.map.get(&key)?;
+        let prev_end = self.map.range(..key).next_back().map_or(0, |(_, p)| p.end);
+        Some(Self::start_gap(v).saturating_sub(prev_end))
+    }
+
+    /// Recompute the gap of the VMA at `key` (if any).
+    fn refresh(&mut self, key: u64) {
+        if let Some(g) = self.gap_below(key) {
+            self.gaps.set(key, g);
+        }
+    }
+
+    /// Recompute the gap of the first VMA starting after `key`.
+    fn refresh_after(&mut self, key: u64) {
+        if let Some(next) = self
+            .map
+            .range((Bound::Excluded(key), Bound::Unbounded))
+            .next()
+            .map(|(k, _)| *k)
+        {
+            self.refresh(next);
+        }
+    }
+
+    /// The highest VMA starting at or below `max_start` with at least
+    /// `len` bytes free below it (mas_empty_area_rev).
+    pub fn highest_gap_below(&self, max_start: u64, len: u64) -> Option<&Vma> {
+        let key = self.gaps.rightmost(max_start, len)?;
+        self.map.get(&key)
     }
 
     /// find_vma(): the first VMA that ends after `addr` (it may start
@@ -188,8 +276,11 @@ impl VmaTree {
     }
 
     /// The VMA starting exactly at `start`, mutably.
-    pub fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {
-        self.map.get_mut(&start)
+    pub fn get_mut(&mut self, start: u64) -> Option<VmaMut<'_>> {
+        self.map.contains_key(&start).then_some(VmaMut {
+            tree: self,
+            key: start,
+        })
     }
 
     /// VMAs that intersect `[start, end)`, in order.
@@ -227,12 +318,18 @@ impl VmaTree {
             self.is_free(vma.start, vma.end),
             "overlap inserting {vma:?}"
         );
-        self.map.insert(vma.start, vma);
+        let start = vma.start;
+        self.map.insert(start, vma);
+        self.refresh(start);
+        self.refresh_after(start);
     }
 
     /// Remove and return the VMA starting at `start`.
     pub fn remove(&mut self, start: u64) -> Option<Vma> {
-        self.map.remove(&start)
+        let v = self.map.remove(&start)?;
+        self.gaps.remove(start);
+        self.refresh_after(start);
+        Some(v)
     }
 
     /// __split_vma(): split the VMA containing `addr` (strictly inside it)
@@ -252,6 +349,7 @@ impl VmaTree {
         upper.pgoff = lower.pgoff + ((addr - lower.start) >> crate::addr::PAGE_SHIFT);
         lower.end = addr;
         self.map.insert(addr, upper);
+        self.refresh(addr);
         true
     }
 
@@ -272,7 +370,21 @@ impl VmaTree {
             if v.start < prev_end {
                 return Err(format!("overlap at {v:?}"));
             }
+            let gap = Self::start_gap(v).saturating_sub(prev_end);
+            if self.gaps.get(*k) != Some(gap) {
+                return Err(format!(
+                    "gap index has {:?} below {v:?}, not {gap:#x}",
+                    self.gaps.get(*k)
+                ));
+            }
             prev_end = v.end;
+        }
+        if self.gaps.len() != self.map.len() {
+            return Err(format!(
+                "gap index has {} entries for {} VMAs",
+                self.gaps.len(),
+                self.map.len()
+            ));
         }
         Ok(())
     }

@@ -129,7 +129,7 @@ impl Mm {
     /// Adopt `from`'s anon_vma into the VMA at `target` if it has none
     /// (dup_anon_vma).
     fn adopt_anon(&mut self, target: u64, from: Option<(AnonVmaRef, bool)>) {
-        let t = self.vmas.get_mut(target).expect("target exists");
+        let mut t = self.vmas.get_mut(target).expect("target exists");
         if t.anon_vma.is_none() {
             if let Some((a, fork_child)) = from {
                 t.anon_vma = Some(a);
@@ -157,18 +157,20 @@ impl Mm {
         match (left, right) {
             (Some(l), Some(r)) => {
                 let next = self.vmas.remove(r).expect("right candidate");
-                let prev = self.vmas.get_mut(l).expect("left candidate");
+                let mut prev = self.vmas.get_mut(l).expect("left candidate");
                 prev.end = next.end;
                 prev.flags = prev.flags | ((next.flags | p.flags) & sticky);
+                drop(prev);
                 let next_anon = next.anon_vma.clone().map(|a| (a, next.fork_child));
                 self.adopt_anon(l, next_anon);
                 self.adopt_anon(l, src_anon);
                 Some(l)
             }
             (Some(l), None) => {
-                let prev = self.vmas.get_mut(l).expect("left candidate");
+                let mut prev = self.vmas.get_mut(l).expect("left candidate");
                 prev.end = p.end;
                 prev.flags = prev.flags | (p.flags & sticky);
+                drop(prev);
                 self.adopt_anon(l, src_anon);
                 Some(l)
             }
@@ -239,9 +241,10 @@ impl Mm {
                 (Some(l), Some(r)) => {
                     self.vmas.remove(middle.start);
                     let next = self.vmas.remove(r).expect("right candidate");
-                    let prev = self.vmas.get_mut(l).expect("left candidate");
+                    let mut prev = self.vmas.get_mut(l).expect("left candidate");
                     prev.end = next.end;
                     prev.flags = new_flags | ((prev.flags | next.flags | middle.flags) & sticky);
+                    drop(prev);
                     let next_anon = next.anon_vma.clone().map(|a| (a, next.fork_child));
                     self.adopt_anon(l, next_anon);
                     self.adopt_anon(l, middle_anon);
@@ -249,9 +252,10 @@ impl Mm {
                 }
                 (Some(l), None) => {
                     let mut mid = self.vmas.remove(middle.start).expect("middle");
-                    let prev = self.vmas.get_mut(l).expect("left candidate");
+                    let mut prev = self.vmas.get_mut(l).expect("left candidate");
                     prev.end = end;
                     prev.flags = new_flags | ((prev.flags | middle.flags) & sticky);
+                    drop(prev);
                     if !remove_middle {
                         mid.pgoff += (end - mid.start) >> PAGE_SHIFT;
                         mid.start = end;
@@ -283,7 +287,7 @@ impl Mm {
         if middle.end > end {
             self.split_checked(end)?;
         }
-        let v = self.vmas.get_mut(start).expect("split to start");
+        let mut v = self.vmas.get_mut(start).expect("split to start");
         v.flags = new_flags | (v.flags & sticky);
         Ok(start)
     }
@@ -315,7 +319,7 @@ impl Mm {
                 .and_then(reusable)
         };
         let anon = from_next.or_else(from_prev).unwrap_or_else(AnonVma::new);
-        let v = self.vmas.get_mut(vma_start).expect("VMA exists");
+        let mut v = self.vmas.get_mut(vma_start).expect("VMA exists");
         v.anon_vma = Some(anon);
         v.fork_child = false;
     }

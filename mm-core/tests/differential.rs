@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use mm_core::{
     Mm, MmConfig,
     addr::PAGE_SIZE,
-    apply::Files,
+    apply::Process,
     host::{DEFAULT_WINDOW, client::RemoteHost, runner::Features},
     op::{Op, Outcome, WindowState},
     pgtable::Pte,
@@ -164,8 +164,9 @@ impl Gen {
         }
     }
 
-    fn op(&mut self, mm: &Mm, files: &Files) -> Op {
-        let r = self.rng.random_range(0..100);
+    fn op(&mut self, proc: &Process) -> Op {
+        let (mm, files) = (proc.mm(), proc.files());
+        let r = self.rng.random_range(0..111);
         match r {
             0..=24 => {
                 let pages = self.rng.random_range(1..=6);
@@ -259,7 +260,7 @@ impl Gen {
                     self.rng.random()
                 },
             },
-            _ => {
+            90..=99 => {
                 for _ in 0..8 {
                     let a = self.page();
                     if Self::exec_safe(mm, a) {
@@ -268,6 +269,91 @@ impl Gen {
                 }
                 Op::Read { addr: self.page() }
             }
+            100..=107 => self.mremap(mm),
+            110 if proc.generation() < 3 && self.rng.random_range(0..3) == 0 => Op::Fork,
+            110 => Op::Read { addr: self.page() },
+            _ => Op::ClearRefs {
+                kind: if self.rng.random_range(0..10) == 0 {
+                    [0, 6, 99][self.rng.random_range(0..3)]
+                } else {
+                    self.rng.random_range(1..=5)
+                },
+            },
+        }
+    }
+
+    /// An mremap, mostly of a VMA (or part of one) in the window, to a
+    /// destination in the window.
+    fn mremap(&mut self, mm: &Mm) -> Op {
+        use mm_core::uapi::mremap::{DONTUNMAP, FIXED, MAYMOVE};
+        let vmas: Vec<(u64, u64)> = mm
+            .vmas()
+            .range(BASE, BASE + PAGES * PAGE_SIZE)
+            .map(|v| (v.start.max(BASE), v.end.min(BASE + PAGES * PAGE_SIZE)))
+            .collect();
+        // The source: a VMA's start, a page inside one, or anywhere.
+        let old_addr = match (vmas.is_empty(), self.rng.random_range(0..10)) {
+            (false, 0..=5) => vmas[self.rng.random_range(0..vmas.len())].0,
+            (false, 6..=8) => {
+                let (s, e) = vmas[self.rng.random_range(0..vmas.len())];
+                s + self.rng.random_range(0..(e - s) / PAGE_SIZE) * PAGE_SIZE
+            }
+            _ => self.addr(),
+        };
+        let pages = |g: &mut Self| g.rng.random_range(1..=6) * PAGE_SIZE;
+        let (old_len, new_len, flags, new_addr) = match self.rng.random_range(0..20) {
+            // Resize in place (or move when growing with MAYMOVE).
+            0..=5 => {
+                let flags = if self.rng.random_bool(0.5) {
+                    MAYMOVE
+                } else {
+                    0
+                };
+                (pages(self), pages(self), flags, 0)
+            }
+            // Move-only FIXED, possibly across several VMAs.
+            6..=10 => {
+                let l = pages(self);
+                let extra = if self.rng.random_range(0..5) == 0 {
+                    DONTUNMAP
+                } else {
+                    0
+                };
+                (l, l, MAYMOVE | FIXED | extra, self.page())
+            }
+            // FIXED with a resize.
+            11..=13 => (pages(self), pages(self), MAYMOVE | FIXED, self.page()),
+            // DONTUNMAP to a hint.
+            14 | 15 => {
+                let l = pages(self);
+                let hint = self
+                    .free_range(mm, l / PAGE_SIZE)
+                    .unwrap_or_else(|| self.page());
+                (l, l, MAYMOVE | DONTUNMAP, hint)
+            }
+            // Duplicate a shared mapping (old_len 0).
+            16 => {
+                let flags = if self.rng.random_bool(0.5) {
+                    MAYMOVE | FIXED
+                } else {
+                    MAYMOVE
+                };
+                (0, pages(self), flags, self.page())
+            }
+            // Odd values.
+            _ => (
+                self.len(),
+                self.len(),
+                self.rng.random_range(0..16),
+                self.addr(),
+            ),
+        };
+        Op::Mremap {
+            old_addr,
+            old_len,
+            new_len,
+            flags,
+            new_addr,
         }
     }
 }
@@ -298,8 +384,28 @@ fn in_window(a: u64) -> bool {
 /// on both sides, and that is checked).
 fn same_outcome(op: &Op, e: Outcome, h: Outcome) -> bool {
     match (op, e, h) {
-        (Op::Mmap { .. }, Outcome::Ok(a), Outcome::Ok(b)) if !in_window(a) && !in_window(b) => true,
+        (Op::Mmap { .. } | Op::Mremap { .. }, Outcome::Ok(a), Outcome::Ok(b))
+            if !in_window(a) && !in_window(b) =>
+        {
+            true
+        }
         _ => e == h,
+    }
+}
+
+/// An mremap that moved pages out of the window (growth with MAYMOVE, or
+/// DONTUNMAP with a taken hint) lands where each side's own layout puts it,
+/// and the two differ. Pages there may still be shared with the window
+/// (page-cache pages, whose mapcount shows in pagemap), and faults there
+/// (fault-around, populate) depend on the address: so each side unmaps
+/// what it moved out, at its own address.
+fn evict(op: &Op, out: Outcome) -> Option<Op> {
+    match (op, out) {
+        (Op::Mremap { new_len, .. }, Outcome::Ok(a)) if !in_window(a) => Some(Op::Munmap {
+            addr: a,
+            len: *new_len,
+        }),
+        _ => None,
     }
 }
 
@@ -325,6 +431,7 @@ fn kind(op: &Op) -> &'static str {
         Op::Munlock { .. } => "munlock",
         Op::ClearRefs { .. } => "clear_refs",
         Op::CreateFile { .. } => "create_file",
+        Op::Fork => "fork",
         Op::Read { .. } => "read",
         Op::Write { .. } => "write",
         Op::Exec { .. } => "exec",
@@ -350,24 +457,33 @@ fn run_counting(
     cov: &mut Coverage,
 ) -> Result<Option<Divergence>, String> {
     let mut host = RemoteHost::spawn(&runner(), BASE, PAGES).map_err(|e| e.to_string())?;
-    let mut mm = Mm::new(engine_config(features));
-    let mut files = Files::new();
+    let mut proc = Process::new(engine_config(features));
     let m = mask(features);
     for (step, op) in ops.iter().enumerate() {
         if let Op::Exec { addr } = op {
-            if !Gen::exec_safe(&mm, *addr) {
+            if !Gen::exec_safe(proc.mm(), *addr) {
                 // Only reachable in a shrinking candidate that dropped the
                 // write of the `ret`: not a valid reproduction.
                 return Err(format!("step {step}: unsafe exec at {addr:#x}"));
             }
         }
-        let e_out = mm.apply(op, &mut files);
-        let e_state = masked(mm.window(BASE, PAGES), m);
+        let e_out = proc.apply(op);
+        let e_state = masked(proc.mm().window(BASE, PAGES), m);
         let reply = host
             .exec(op)
             .map_err(|e| format!("step {step} {op:?}: {e}"))?;
         let h_state = masked(reply.state, m);
         tally(cov, op, e_out);
+        let (e_state, h_state) = match (evict(op, e_out), evict(op, reply.outcome)) {
+            (Some(e_unmap), Some(h_unmap)) => {
+                proc.apply(&e_unmap);
+                let r = host
+                    .exec(&h_unmap)
+                    .map_err(|e| format!("step {step} {h_unmap:?}: {e}"))?;
+                (masked(proc.mm().window(BASE, PAGES), m), masked(r.state, m))
+            }
+            _ => (e_state, h_state),
+        };
         if !same_outcome(op, e_out, reply.outcome) || e_state != h_state {
             return Ok(Some(Divergence {
                 step,
@@ -376,7 +492,7 @@ fn run_counting(
                 host: (reply.outcome, h_state),
             }));
         }
-        if let Err(e) = mm.check_invariants() {
+        if let Err(e) = proc.mm().check_invariants() {
             return Err(format!(
                 "engine invariant broken after step {step} {op:?}: {e}"
             ));
@@ -432,8 +548,7 @@ fn sequence(seed: u64, steps: usize, features: Features) -> Vec<Op> {
         rng: ChaCha8Rng::seed_from_u64(seed),
         features,
     };
-    let mut mm = Mm::new(engine_config(features));
-    let mut files = Files::new();
+    let mut proc = Process::new(engine_config(features));
     let mut ops = Vec::with_capacity(steps);
     // Two files to map: one zero-filled, one full of `ret`s.
     for (id, fill) in [(0u32, 0u8), (1, 0xc3)] {
@@ -442,13 +557,15 @@ fn sequence(seed: u64, steps: usize, features: Features) -> Vec<Op> {
             size: FILE_PAGES * PAGE_SIZE,
             fill,
         };
-        mm.apply(&op, &mut files);
+        proc.apply(&op);
         ops.push(op);
     }
     while ops.len() < steps {
-        let op = g.op(&mm, &files);
-        let _ = g.features;
-        mm.apply(&op, &mut files);
+        let op = g.op(&proc);
+        let out = proc.apply(&op);
+        if let Some(unmap) = evict(&op, out) {
+            proc.apply(&unmap);
+        }
         ops.push(op);
     }
     ops
@@ -489,12 +606,18 @@ fn engine_matches_host_kernel() {
             Ok(None) => {}
             Ok(Some(d)) => {
                 let prefix = ops[..=d.step].to_vec();
-                let small = shrink(prefix, features);
-                let d2 = run(&small, features).unwrap().expect("still diverges");
-                panic!(
-                    "seed {seed}: engine and host diverge\n{}",
-                    describe(&small, &d2)
-                );
+                let small = shrink(prefix.clone(), features);
+                match run(&small, features) {
+                    Ok(Some(d2)) => panic!(
+                        "seed {seed}: engine and host diverge\n{}",
+                        describe(&small, &d2)
+                    ),
+                    // Shrinking lost it: show the whole prefix instead.
+                    _ => panic!(
+                        "seed {seed}: engine and host diverge (not reproduced when shrunk)\n{}",
+                        describe(&prefix, &d)
+                    ),
+                }
             }
             Err(e) => panic!("seed {seed}: {e}"),
         }
@@ -521,6 +644,9 @@ fn engine_matches_host_kernel() {
         ("read", 200),
         ("write", 200),
         ("exec", 5),
+        ("mremap", 150),
+        ("clear_refs", 10),
+        ("fork", 10),
     ];
     if features.guard_regions {
         wanted.push(("madvise(guard_install)", 15));

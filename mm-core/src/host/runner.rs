@@ -201,6 +201,32 @@ impl HostRunner {
                     self.files.insert(id, fd);
                     Outcome::Ok(0)
                 }
+                Op::Fork => {
+                    let pid = libc::fork();
+                    if pid < 0 {
+                        return Outcome::Err(errno());
+                    }
+                    if pid > 0 {
+                        // The parent keeps its address space alive until
+                        // the child (the runner from now on) is done.
+                        let mut status = 0;
+                        libc::waitpid(pid, &mut status, 0);
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            1
+                        };
+                        libc::_exit(code);
+                    }
+                    // An open pagemap belongs to the parent's mm.
+                    match File::open("/proc/self/pagemap") {
+                        Ok(f) => {
+                            self.pagemap = f;
+                            Outcome::Ok(0)
+                        }
+                        Err(_) => libc::_exit(3),
+                    }
+                }
                 Op::Read { addr } => probe_outcome(probe::read(addr)),
                 Op::Write { addr, value } => probe_outcome(probe::write(addr, value)),
                 Op::Exec { addr } => probe_outcome(probe::exec(addr)),
