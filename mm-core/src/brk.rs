@@ -76,7 +76,9 @@ impl Mm {
     /// do_brk_flags(): map `[addr, addr + len)` as heap, expanding the VMA
     /// that ends at `addr` (if it lies above start_brk) or adding a new one.
     fn do_brk_flags(&mut self, addr: u64, len: u64) -> bool {
-        if self.vmas.len() > self.config.max_map_count {
+        if self.vmas.len() > self.config.max_map_count
+            || self.vm_enough_memory(len >> PAGE_SHIFT).is_err()
+        {
             return false;
         }
         let flags = VmFlags::READ

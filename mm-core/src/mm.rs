@@ -9,6 +9,7 @@
 
 use crate::{
     addr::{PAGE_SIZE, TASK_SIZE},
+    errno::{Errno, KResult},
     pgtable::PageTables,
     stats::{FaultCounts, FaultKind},
     vm_flags::VmFlags,
@@ -43,6 +44,10 @@ pub struct MmConfig {
     pub mmap_base: u64,
     /// Start of the brk area (mm->start_brk).
     pub start_brk: u64,
+    /// vm.overcommit_memory = 0 (heuristic): a single charge of more
+    /// pages than RAM plus swap fails with ENOMEM (mm/util.c
+    /// __vm_enough_memory). `u64::MAX` disables the check.
+    pub overcommit_limit_pages: u64,
 }
 
 impl Default for MmConfig {
@@ -58,6 +63,8 @@ impl Default for MmConfig {
             task_size: TASK_SIZE,
             mmap_base: 0x7fff_f7ff_f000,
             start_brk: 0x5555_5600_0000,
+            // A 24 GiB machine without swap.
+            overcommit_limit_pages: 24 << 18,
         }
     }
 }
@@ -143,6 +150,16 @@ impl Mm {
         let rss = self.rss();
         if rss > self.counters.hiwater_rss {
             self.counters.hiwater_rss = rss;
+        }
+    }
+
+    /// __vm_enough_memory() under the heuristic overcommit policy: may
+    /// `pages` more pages be committed?
+    pub(crate) fn vm_enough_memory(&self, pages: u64) -> KResult<()> {
+        if pages > self.config.overcommit_limit_pages {
+            Err(Errno::ENOMEM)
+        } else {
+            Ok(())
         }
     }
 

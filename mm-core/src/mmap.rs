@@ -164,14 +164,27 @@ impl Mm {
             vm_flags = vm_flags | VmFlags::NORESERVE;
         }
 
-        // mmap_region: remove what MAP_FIXED overlaps (a 3-way split at
-        // the map count limit fails first), then account.
-        if !self.vmas.is_free(addr, end) {
-            self.do_munmap(addr, end)?;
+        // __mmap_region: split what MAP_FIXED overlaps (a 3-way split at
+        // the map count limit fails first), charge the commit, and only
+        // then remove the old VMAs (a failed charge leaves the splits).
+        let overlaps = !self.vmas.is_free(addr, end);
+        if overlaps {
+            self.munmap_gather(addr, end)?;
         }
         let accountable = vm_flags & (VmFlags::NORESERVE | VmFlags::SHARED | VmFlags::WRITE);
         if accountable == VmFlags::WRITE {
+            // What the mapping replaces was charged already.
+            let replaced: u64 = self
+                .vmas
+                .range(addr, end)
+                .filter(|v| v.flags.contains(VmFlags::ACCOUNT))
+                .map(|v| (v.end.min(end) - v.start.max(addr)) >> PAGE_SHIFT)
+                .sum();
+            self.vm_enough_memory((len >> PAGE_SHIFT) - replaced)?;
             vm_flags = vm_flags | VmFlags::ACCOUNT;
+        }
+        if overlaps {
+            self.munmap_complete(addr, end);
         }
 
         let file = shmem_file.or_else(|| file.cloned());

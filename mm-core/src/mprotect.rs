@@ -6,7 +6,7 @@
 //! are, as the kernel does.
 
 use crate::{
-    addr::{PAGE_SIZE, is_page_aligned, page_align},
+    addr::{PAGE_SHIFT, PAGE_SIZE, is_page_aligned, page_align},
     errno::{Errno, KResult},
     fault::EXEC_ONLY_PKEY,
     mm::Mm,
@@ -106,6 +106,7 @@ impl Mm {
                     | VmFlags::SHARED
                     | VmFlags::NORESERVE,
             ) {
+                self.vm_enough_memory((end - start) >> PAGE_SHIFT)?;
                 newflags = newflags | VmFlags::ACCOUNT;
             }
         } else if old.contains(VmFlags::ACCOUNT) && v.is_anonymous() && v.anon_vma.is_none() {

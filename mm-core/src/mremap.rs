@@ -268,6 +268,9 @@ impl Mm {
             .checked_add(delta)
             .is_some_and(|end| end <= self.config.task_size && self.vmas.is_free(vma.end, end));
         if vrm.addr + vrm.old_len == vma.end && expandable {
+            if vma.flags.contains(VmFlags::ACCOUNT) {
+                self.vm_enough_memory(delta >> PAGE_SHIFT)?;
+            }
             // vma_merge_extend(): merge [end, end + delta) into the VMA
             // (and the next one, if it now touches and is compatible).
             let p = Proposal {
@@ -321,6 +324,14 @@ impl Mm {
             return Err(Errno::ENOMEM);
         }
         let vma = self.vmas.lookup(vrm.addr).expect("checked").clone();
+        if vma.flags.contains(VmFlags::ACCOUNT) {
+            let charge = if vrm.flags & flag::DONTUNMAP != 0 {
+                vrm.new_len
+            } else {
+                vrm.delta()
+            };
+            self.vm_enough_memory(charge >> PAGE_SHIFT)?;
+        }
         let pgoff = vma.pgoff + ((vrm.addr - vma.start) >> PAGE_SHIFT);
         let new_start = self.copy_vma(&vma, vrm.new_addr, vrm.new_len, pgoff);
         self.move_page_tables(vrm.addr, vrm.new_addr, vrm.old_len, vma.is_shmem());

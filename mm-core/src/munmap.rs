@@ -26,6 +26,15 @@ impl Mm {
     /// ones that straddle the edges, and clear their page tables. Only a
     /// split that cuts one VMA in three checks the map count.
     pub(crate) fn do_munmap(&mut self, start: u64, end: u64) -> KResult<()> {
+        self.munmap_gather(start, end)?;
+        self.munmap_complete(start, end);
+        Ok(())
+    }
+
+    /// vms_gather_munmap_vmas(): split the VMAs straddling the edges of
+    /// `[start, end)`. Splits stay made even if the caller then gives up
+    /// (mmap's vms_abort_munmap_vmas only puts the VMAs back).
+    pub(crate) fn munmap_gather(&mut self, start: u64, end: u64) -> KResult<()> {
         let Some(first) = self.vmas.find(start).filter(|v| v.start < end) else {
             return Ok(());
         };
@@ -39,12 +48,17 @@ impl Mm {
         if self.vmas.lookup(end).is_some_and(|v| v.start < end) {
             self.vmas.split(end);
         }
+        Ok(())
+    }
+
+    /// vms_complete_munmap_vmas(): remove the VMAs inside `[start, end)`
+    /// (already split at its edges) and clear their page tables.
+    pub(crate) fn munmap_complete(&mut self, start: u64, end: u64) {
         for s in self.vmas.starts_in(start, end) {
             let v = self.vmas.remove(s).expect("listed");
             self.zap_range(v.start, v.end, v.is_shmem(), true);
         }
         self.pt.free_empty(start / PAGE_SIZE, end / PAGE_SIZE);
-        Ok(())
     }
 
     /// Clear the PTEs of `[start, end)`; markers too when `markers`.

@@ -113,6 +113,21 @@ fn split(vpn: u64) -> (u64, usize) {
     (vpn / PTRS_PER_PTE, (vpn % PTRS_PER_PTE) as usize)
 }
 
+/// exit_mmap(): tearing down the tables unmaps every page they map, so
+/// that a page shared with another address space (after fork) becomes
+/// exclusive to the survivor.
+impl Drop for PageTables {
+    fn drop(&mut self) {
+        for table in self.tables.values() {
+            for e in &table.entries {
+                if let Pte::Present(p) = e {
+                    p.page.unmap();
+                }
+            }
+        }
+    }
+}
+
 impl PageTables {
     /// Empty page tables.
     pub fn new() -> Self {

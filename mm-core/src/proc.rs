@@ -143,7 +143,8 @@ impl Mm {
             Pte::None => 0,
             Pte::Present(p) => {
                 let mut e = pm::PRESENT | (p.page.pfn() & pm::PFRAME_MASK);
-                if p.soft_dirty {
+                // _PAGE_SOFT_DIRTY is 0 without CONFIG_MEM_SOFT_DIRTY.
+                if p.soft_dirty && self.config.soft_dirty {
                     e |= pm::SOFT_DIRTY;
                 }
                 // vm_normal_page() is NULL for the zero page: no FILE, no

@@ -41,10 +41,24 @@ fn pku() -> bool {
     })
 }
 
+/// RAM plus swap in pages: the heuristic overcommit limit (MemTotal is
+/// totalram_pages).
+fn overcommit_limit() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let kb = |key: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in /proc/meminfo"))
+    };
+    (kb("MemTotal:") + kb("SwapTotal:")) / 4
+}
+
 fn engine_config(f: Features) -> MmConfig {
     MmConfig {
         soft_dirty: f.soft_dirty,
         exec_only_pkey: pku(),
+        overcommit_limit_pages: overcommit_limit(),
         ..MmConfig::default()
     }
 }
@@ -202,10 +216,15 @@ impl Gen {
                 if self.rng.random_range(0..20) == 0 {
                     flags |= map::NORESERVE;
                 }
-                let len = if self.rng.random_range(0..30) == 0 {
-                    self.len()
-                } else {
-                    pages * PAGE_SIZE
+                let len = match self.rng.random_range(0..200) {
+                    // Larger than RAM: the overcommit heuristic refuses it
+                    // where it would be charged (never populated).
+                    0 => {
+                        flags &= !map::POPULATE;
+                        1 << 36
+                    }
+                    1..=6 => self.len(),
+                    _ => pages * PAGE_SIZE,
                 };
                 Op::Mmap {
                     addr,
