@@ -189,7 +189,8 @@ impl Mm {
     /// pieces already moved stay moved when a later one fails.
     fn remap_move(&mut self, vrm: &mut Remap) -> KResult<u64> {
         let start = vrm.addr;
-        let end = vrm.addr + vrm.old_len;
+        // The kernel's end wraps; a wrapped range holds no VMA (EFAULT).
+        let end = vrm.addr.wrapping_add(vrm.old_len);
         let mut target = vrm.new_addr;
         let mut res = Err(Errno::EFAULT);
         let mut last_end = 0;
