@@ -186,6 +186,13 @@ impl Mm {
         if overlaps {
             self.munmap_complete(addr, end);
         }
+        // shmem_zero_setup(): a shared anonymous mapping charges its whole
+        // size unless MAP_NORESERVE. This comes after the old mappings'
+        // page tables were cleared, so a failure leaves a gap there
+        // (vms_abort_munmap_vmas).
+        if shmem_file.is_some() && !vm_flags.contains(VmFlags::NORESERVE) {
+            self.vm_enough_memory(len >> PAGE_SHIFT)?;
+        }
 
         let file = shmem_file.or_else(|| file.cloned());
         let p = Proposal::new(addr, end, pgoff, vm_flags, file.clone());
