@@ -202,6 +202,10 @@ pub struct MapsEntry {
     pub perms: String,
     /// File offset column.
     pub offset: u64,
+    /// The pathname column (`/dev/zero (deleted)`, `/memfd:NAME
+    /// (deleted)`, `[heap]`...), empty for anonymous memory.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// The state of a window of the address space after an operation.

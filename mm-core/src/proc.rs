@@ -188,6 +188,7 @@ impl Mm {
                     end: v.end.min(end),
                     perms: String::from_utf8(v.flags.perms().to_vec()).expect("ascii"),
                     offset: off + (s - v.start),
+                    name: self.vma_name(v).unwrap_or_default(),
                 }
             })
             .collect();

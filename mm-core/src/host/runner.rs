@@ -258,7 +258,9 @@ impl HostRunner {
             if e <= self.base || s >= end {
                 continue;
             }
-            maps.push(clip(s, e, perms, off, self.base, end));
+            let mut entry = clip(s, e, perms, off, self.base, end);
+            entry.name = name_column(line).to_owned();
+            maps.push(entry);
         }
         let mut raw = vec![0u8; (self.pages * 8) as usize];
         self.pagemap
@@ -271,6 +273,17 @@ impl HostRunner {
     }
 }
 
+/// The pathname column of a maps line: what follows the fifth field
+/// (the inode) and the padding.
+pub fn name_column(line: &str) -> &str {
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        rest = rest.find(' ').map_or("", |i| &rest[i..]);
+    }
+    rest.trim_start()
+}
+
 /// A maps entry clipped to `[lo, hi)`, the offset advanced accordingly.
 pub fn clip(start: u64, end: u64, perms: &str, offset: u64, lo: u64, hi: u64) -> MapsEntry {
     let s = start.max(lo);
@@ -279,6 +292,7 @@ pub fn clip(start: u64, end: u64, perms: &str, offset: u64, lo: u64, hi: u64) ->
         end: end.min(hi),
         perms: perms.to_owned(),
         offset: offset + (s - start),
+        name: String::new(),
     }
 }
 
@@ -297,4 +311,20 @@ pub struct Reply {
     pub outcome: Outcome,
     /// The window afterwards.
     pub state: WindowState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_column;
+
+    #[test]
+    fn name_column_of_maps_lines() {
+        let anon = "100000000000-100000001000 rw-p 00000000 00:00 0 ";
+        assert_eq!(name_column(anon), "");
+        let shm = "7f0000000000-7f0000002000 rw-s 00000000 00:01 4242                       /dev/zero (deleted)";
+        assert_eq!(name_column(shm), "/dev/zero (deleted)");
+        let heap =
+            "555556000000-555556001000 rw-p 00000000 00:00 0                          [heap]";
+        assert_eq!(name_column(heap), "[heap]");
+    }
 }
