@@ -29,6 +29,14 @@ pub const fn page_align(len: u64) -> Option<u64> {
     }
 }
 
+/// PAGE_ALIGN with the kernel's unsigned wraparound (a length near
+/// `u64::MAX` becomes 0), for the syscalls that check the result rather
+/// than the overflow.
+#[inline]
+pub const fn page_align_wrapping(len: u64) -> u64 {
+    len.wrapping_add(PAGE_SIZE - 1) & PAGE_MASK
+}
+
 /// Round down to a page boundary.
 #[inline]
 pub const fn page_down(addr: u64) -> u64 {

@@ -11,17 +11,12 @@
 //! Not modelled: RLIMIT_DATA / RLIMIT_AS, overcommit, mlockall(MCL_FUTURE).
 
 use crate::{
-    addr::{PAGE_SHIFT, PAGE_SIZE},
+    addr::{PAGE_SHIFT, PAGE_SIZE, page_align_wrapping},
     mm::Mm,
     vm_flags::VmFlags,
     vma::{STACK_GUARD_GAP, Vma, VmaTree},
     vma_merge::Proposal,
 };
-
-/// PAGE_ALIGN() with the kernel's wraparound.
-const fn page_align_wrapping(x: u64) -> u64 {
-    x.wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
-}
 
 impl Mm {
     /// The current program break (mm->brk).

@@ -74,6 +74,23 @@ impl Errno {
         })
     }
 
+    /// Every errno the engine returns.
+    pub const ALL: &'static [Self] = &[
+        Self::EPERM,
+        Self::EINTR,
+        Self::EBADF,
+        Self::EAGAIN,
+        Self::ENOMEM,
+        Self::EACCES,
+        Self::EFAULT,
+        Self::EBUSY,
+        Self::EEXIST,
+        Self::ENODEV,
+        Self::EINVAL,
+        Self::EOVERFLOW,
+        Self::EOPNOTSUPP,
+    ];
+
     /// The symbolic name ("EINVAL").
     pub fn name(self) -> &'static str {
         match self {
@@ -103,21 +120,7 @@ mod tests {
 
     #[test]
     fn raw_values_round_trip() {
-        for e in [
-            Errno::EPERM,
-            Errno::EINTR,
-            Errno::EBADF,
-            Errno::EAGAIN,
-            Errno::ENOMEM,
-            Errno::EACCES,
-            Errno::EFAULT,
-            Errno::EBUSY,
-            Errno::EEXIST,
-            Errno::ENODEV,
-            Errno::EINVAL,
-            Errno::EOVERFLOW,
-            Errno::EOPNOTSUPP,
-        ] {
+        for &e in Errno::ALL {
             assert_eq!(Errno::from_raw(e.raw()), Some(e));
             assert!(e.to_string().starts_with(e.name()));
         }

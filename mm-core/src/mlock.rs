@@ -8,7 +8,7 @@
 //! becomes ENOMEM, ENOMEM becomes EAGAIN).
 
 use crate::{
-    addr::PAGE_MASK,
+    addr::{PAGE_MASK, page_align_wrapping},
     errno::{Errno, KResult},
     mm::Mm,
     uapi::mlock,
@@ -21,11 +21,10 @@ const VM_DROPPABLE: VmFlags = VmFlags(1 << 40);
 /// PAGE_ALIGN(len + offset_in_page(start)) with the kernel's wraparound,
 /// and the page-aligned start.
 fn lock_range(start: u64, len: u64) -> (u64, u64) {
-    let len = len
-        .wrapping_add(start & !PAGE_MASK)
-        .wrapping_add(!PAGE_MASK)
-        & PAGE_MASK;
-    (start & PAGE_MASK, len)
+    (
+        start & PAGE_MASK,
+        page_align_wrapping(len.wrapping_add(start & !PAGE_MASK)),
+    )
 }
 
 impl Mm {

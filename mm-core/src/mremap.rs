@@ -14,7 +14,7 @@
 //! locked_vm/total_vm counters.
 
 use crate::{
-    addr::{PAGE_MASK, PAGE_SHIFT, PAGE_SIZE},
+    addr::{PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, page_align_wrapping},
     errno::{Errno, KResult},
     mm::Mm,
     pgtable::Pte,
@@ -23,11 +23,6 @@ use crate::{
     vma::Vma,
     vma_merge::Proposal,
 };
-
-/// PAGE_ALIGN(), wrapping to 0 on overflow as the kernel's does.
-const fn page_align_wrapping(len: u64) -> u64 {
-    len.wrapping_add(!PAGE_MASK) & PAGE_MASK
-}
 
 /// What the call asks of the range (enum mremap_type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,11 +294,9 @@ impl Mm {
     /// (the given address for FIXED, a hint for DONTUNMAP, none when
     /// growing by a move).
     fn set_new_addr(&mut self, vrm: &mut Remap) -> KResult<()> {
-        let task = self.config.task_size;
+        // FIXED: get_unmapped_area's bounds were checked with the
+        // parameters (new_len <= TASK_SIZE, new_addr <= TASK_SIZE - new_len).
         if vrm.flags & flag::FIXED != 0 {
-            if vrm.new_len > task || vrm.new_addr > task - vrm.new_len {
-                return Err(Errno::ENOMEM);
-            }
             return Ok(());
         }
         let vma = self.vmas.lookup(vrm.addr).expect("checked");

@@ -166,29 +166,13 @@ impl Serialize for Errno {
 impl<'de> Deserialize<'de> for Errno {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        ALL_ERRNOS
+        Errno::ALL
             .iter()
             .copied()
             .find(|e| e.name() == s)
             .ok_or_else(|| serde::de::Error::custom(format_args!("unknown errno `{s}`")))
     }
 }
-
-const ALL_ERRNOS: &[Errno] = &[
-    Errno::EPERM,
-    Errno::EINTR,
-    Errno::EBADF,
-    Errno::EAGAIN,
-    Errno::ENOMEM,
-    Errno::EACCES,
-    Errno::EFAULT,
-    Errno::EBUSY,
-    Errno::EEXIST,
-    Errno::ENODEV,
-    Errno::EINVAL,
-    Errno::EOVERFLOW,
-    Errno::EOPNOTSUPP,
-];
 
 /// One line of /proc/PID/maps reduced to what the differential tests
 /// compare.
