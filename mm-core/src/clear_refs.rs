@@ -57,6 +57,7 @@ impl Mm {
             let present: Vec<u64> = self
                 .pt
                 .range(a, b)
+                .into_iter()
                 .filter(|(_, p)| matches!(p, Pte::Present(_)))
                 .map(|(vpn, _)| vpn)
                 .collect();
@@ -86,6 +87,7 @@ impl Mm {
             let present: Vec<u64> = self
                 .pt
                 .range(s / PAGE_SIZE, e / PAGE_SIZE)
+                .into_iter()
                 .filter(|(_, p)| p.present().is_some_and(|p| !p.page.is_zero_page()))
                 .map(|(vpn, _)| vpn)
                 .collect();

@@ -11,9 +11,9 @@
 
 use crate::{
     addr::PAGE_SIZE,
-    mm::Mm,
-    page::Page,
-    pgtable::{Marker, PresentPte, Pte},
+    mm::{Mm, MmConfig},
+    page::{Page, PageRef},
+    pgtable::{Marker, PageTables, PresentPte, Pte, PteSlot},
     stats::FaultKind,
     vm_flags::VmFlags,
     vma::Vma,
@@ -79,6 +79,9 @@ pub(crate) enum FaultResult {
     Segv,
     /// VM_FAULT_SIGBUS.
     Bus,
+    /// VM_FAULT_RETRY: a speculative fault found its VMA changed under it
+    /// and changed nothing; the caller retries under a lock.
+    Retry,
 }
 
 impl Mm {
@@ -97,19 +100,14 @@ impl Mm {
         self.access(addr, Access::Exec, 0)
     }
 
-    /// Whether protection keys deny `access` to this VMA (the execute-only
-    /// key denies data accesses).
-    fn pkey_denies(&self, vma: &Vma, access: Access) -> bool {
-        self.config.exec_only_pkey && vma.flags.pkey() == EXEC_ONLY_PKEY && access != Access::Exec
-    }
-
     /// One access, with as many faults as it takes (at most three: e.g.
     /// an exec of an absent page of a non-executable VMA maps the page,
     /// then faults on NX).
     pub fn access(&mut self, addr: u64, access: Access, value: u8) -> Result<u8, AccessError> {
         for _ in 0..4 {
-            let code = match self.hardware(addr, access) {
-                Ok(()) => return Ok(self.complete(addr, access, value)),
+            let vma = self.vmas.lookup(addr);
+            let code = match hardware_access(&self.pt, &self.config, vma, addr, access, value) {
+                Ok(v) => return Ok(v),
                 Err(code) => code,
             };
             self.count_fault(FaultKind::from_x86_error_code(code));
@@ -121,20 +119,104 @@ impl Mm {
         unreachable!("a fault handler that succeeded leaves a usable PTE")
     }
 
-    /// The MMU's verdict: Ok, or the error code of the fault it raises.
-    fn hardware(&self, addr: u64, access: Access) -> Result<(), u64> {
-        let mut code = pf::USER;
-        match access {
-            Access::Read => {}
-            Access::Write => code |= pf::WRITE,
-            Access::Exec => code |= pf::INSTR,
+    /// do_user_addr_fault(): find the VMA, check the access, handle.
+    fn do_user_addr_fault(&mut self, addr: u64, code: u64) -> Result<(), AccessError> {
+        let Some(vma) = self.vmas.lookup(addr) else {
+            return Err(AccessError::Segv(SegvCode::MapErr));
+        };
+        if let Some(c) = access_error(&self.config, code, vma) {
+            return Err(AccessError::Segv(c));
         }
-        let Pte::Present(p) = self.pt.get(addr / PAGE_SIZE) else {
+        let write = code & pf::WRITE != 0;
+        if needs_anon_vma(vma, write) {
+            self.anon_vma_prepare(vma.start);
+        }
+        let r = self.handle_mm_fault(addr, write);
+        fault_result(r)
+    }
+
+    /// handle_mm_fault() for `addr` in a VMA whose access was already
+    /// checked and whose anon_vma is prepared if the fault needs one. Also
+    /// used by populate (GUP), which does not count faults.
+    pub(crate) fn handle_mm_fault(&mut self, addr: u64, write: bool) -> FaultResult {
+        if needs_anon_vma(self.vmas.lookup(addr).expect("checked"), write) {
+            let start = self.vmas.lookup(addr).expect("checked").start;
+            self.anon_vma_prepare(start);
+        }
+        let vma = self.vmas.lookup(addr).expect("checked").clone();
+        let env = FaultEnv {
+            pt: &self.pt,
+            config: &self.config,
+            vma: &vma,
+            validate: &|| true,
+        };
+        let r = env.handle_mm_fault(addr, write);
+        if r == FaultResult::Done {
+            self.update_hiwater();
+        }
+        r
+    }
+
+    /// Whether a shared writable VMA wants write notifications
+    /// (vma_wants_writenotify).
+    pub(crate) fn wants_writenotify(&self, vma: &Vma) -> bool {
+        wants_writenotify(&self.config, vma)
+    }
+}
+
+/// The signal an unsuccessful handle_mm_fault() raises.
+pub(crate) const fn fault_result(r: FaultResult) -> Result<(), AccessError> {
+    match r {
+        FaultResult::Done | FaultResult::Retry => Ok(()),
+        FaultResult::Segv => Err(AccessError::Segv(SegvCode::MapErr)),
+        FaultResult::Bus => Err(AccessError::Bus),
+    }
+}
+
+/// Whether protection keys deny `access` to this VMA (the execute-only
+/// key denies data accesses).
+fn pkey_denies(config: &MmConfig, vma: &Vma, access: Access) -> bool {
+    config.exec_only_pkey && vma.flags.pkey() == EXEC_ONLY_PKEY && access != Access::Exec
+}
+
+/// The x86 error code bits of an access, before the PTE is looked at.
+const fn access_code(access: Access) -> u64 {
+    pf::USER
+        | match access {
+            Access::Read => 0,
+            Access::Write => pf::WRITE,
+            Access::Exec => pf::INSTR,
+        }
+}
+
+/// The MMU: if the PTE of `addr` allows the access, complete it (young,
+/// and dirty for a store, set by the hardware, so not soft-dirty; then the
+/// data) and return the byte read; otherwise return the error code of the
+/// fault it raises. `vma` is the VMA holding `addr`, whose flags stand for
+/// the permission bits of a present PTE. Check and access happen under
+/// the PTE lock, so a concurrent zap is either before or after the access.
+pub(crate) fn hardware_access(
+    pt: &PageTables,
+    config: &MmConfig,
+    vma: Option<&Vma>,
+    addr: u64,
+    access: Access,
+    value: u8,
+) -> Result<u8, u64> {
+    let code = access_code(access);
+    let vpn = addr / PAGE_SIZE;
+    let off = addr & (PAGE_SIZE - 1);
+    let r = pt.with_pte(vpn, false, |slot| {
+        let Pte::Present(p) = slot.get() else {
             return Err(code);
         };
-        code |= pf::PROT;
-        let vma = self.vmas.lookup(addr).expect("present PTE inside a VMA");
-        if self.pkey_denies(vma, access) {
+        let code = code | pf::PROT;
+        let Some(vma) = vma.filter(|v| v.contains(addr)) else {
+            // A present PTE outside any VMA: only while a racing unmap
+            // is between its VMA and page-table updates. Fault.
+            return Err(code);
+        };
+        if pkey_denies(config, vma, access) {
             return Err(code | pf::PK);
         }
         // PROT_NONE PTEs are present but inaccessible (_PAGE_PROTNONE).
@@ -142,178 +224,200 @@ impl Mm {
             return Err(code);
         }
         match access {
-            Access::Write if !p.write => Err(code),
-            Access::Exec if !vma.flags.contains(VmFlags::EXEC) => Err(code),
-            _ => Ok(()),
+            Access::Write if !p.write => return Err(code),
+            Access::Exec if !vma.flags.contains(VmFlags::EXEC) => return Err(code),
+            _ => {}
         }
-    }
-
-    /// The access completes: young (and dirty for a store, set by the
-    /// hardware, so not soft-dirty), then the data.
-    fn complete(&mut self, addr: u64, access: Access, value: u8) -> u8 {
-        let vpn = addr / PAGE_SIZE;
-        let off = addr & (PAGE_SIZE - 1);
-        self.pt.update(vpn, |p| {
+        let page = p.page.clone();
+        slot.update(|p| {
             p.young = true;
             if access == Access::Write {
                 p.dirty = true;
             }
         });
-        let page = self
-            .pt
-            .get(vpn)
-            .present()
-            .expect("just checked")
-            .page
-            .clone();
-        match access {
+        Ok(match access {
             Access::Write => {
                 page.write(off, value);
                 0
             }
             _ => page.read(off),
-        }
-    }
+        })
+    });
+    r.unwrap_or(Err(code))
+}
 
-    /// do_user_addr_fault(): find the VMA, check the access, handle.
-    fn do_user_addr_fault(&mut self, addr: u64, code: u64) -> Result<(), AccessError> {
-        let Some(vma) = self.vmas.lookup(addr) else {
-            return Err(AccessError::Segv(SegvCode::MapErr));
-        };
-        if let Some(c) = self.access_error(code, vma) {
-            return Err(AccessError::Segv(c));
-        }
-        let write = code & pf::WRITE != 0;
-        match self.handle_mm_fault(addr, write) {
-            FaultResult::Done => Ok(()),
-            FaultResult::Segv => Err(AccessError::Segv(SegvCode::MapErr)),
-            FaultResult::Bus => Err(AccessError::Bus),
-        }
+/// access_error() (arch/x86/mm/fault.c).
+pub(crate) fn access_error(config: &MmConfig, code: u64, vma: &Vma) -> Option<SegvCode> {
+    if code & pf::PK != 0 {
+        return Some(SegvCode::PkuErr);
     }
-
-    /// access_error() (arch/x86/mm/fault.c).
-    fn access_error(&self, code: u64, vma: &Vma) -> Option<SegvCode> {
-        if code & pf::PK != 0 {
-            return Some(SegvCode::PkuErr);
-        }
-        let access = if code & pf::WRITE != 0 {
-            Access::Write
-        } else if code & pf::INSTR != 0 {
-            Access::Exec
-        } else {
-            Access::Read
-        };
-        if self.pkey_denies(vma, access) {
-            return Some(SegvCode::PkuErr);
-        }
-        if code & pf::WRITE != 0 {
-            return (!vma.flags.contains(VmFlags::WRITE)).then_some(SegvCode::AccErr);
-        }
-        if code & pf::PROT != 0 {
-            return Some(SegvCode::AccErr);
-        }
-        (!vma.flags.intersects(VmFlags::ACCESS)).then_some(SegvCode::AccErr)
+    let access = if code & pf::WRITE != 0 {
+        Access::Write
+    } else if code & pf::INSTR != 0 {
+        Access::Exec
+    } else {
+        Access::Read
+    };
+    if pkey_denies(config, vma, access) {
+        return Some(SegvCode::PkuErr);
     }
-
-    /// Whether a shared writable VMA wants write notifications
-    /// (vma_wants_writenotify): its PTEs are then installed read-only so
-    /// that the first write faults.
-    pub(crate) fn wants_writenotify(&self, vma: &Vma) -> bool {
-        if !vma.flags.contains(VmFlags::WRITE | VmFlags::SHARED) {
-            return false;
-        }
-        // Soft-dirty tracking is active while VM_SOFTDIRTY is clear; the
-        // pre-2014 kernel forgot to ask for write notifications then.
-        if self.config.soft_dirty
-            && !vma.flags.contains(VmFlags::SOFTDIRTY)
-            && !self.config.softdirty_writenotify_bug
-        {
-            return true;
-        }
-        // Regular files can write back (page_mkwrite); shmem cannot.
-        vma.file
-            .as_ref()
-            .is_some_and(|f| *f.kind() == crate::file::FileKind::Regular)
+    if code & pf::WRITE != 0 {
+        return (!vma.flags.contains(VmFlags::WRITE)).then_some(SegvCode::AccErr);
     }
+    if code & pf::PROT != 0 {
+        return Some(SegvCode::AccErr);
+    }
+    (!vma.flags.intersects(VmFlags::ACCESS)).then_some(SegvCode::AccErr)
+}
 
+/// Whether the fault may need the VMA's anon_vma (vmf_anon_prepare(): a
+/// write to a private mapping may create an anonymous page) and the VMA
+/// has none yet. A fault under a per-VMA lock returns VM_FAULT_RETRY then
+/// and is retried under mmap_lock, which may allocate it.
+pub(crate) fn needs_anon_vma(vma: &Vma, write: bool) -> bool {
+    write && !vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE) && vma.anon_vma.is_none()
+}
+
+/// Whether a shared writable VMA wants write notifications
+/// (vma_wants_writenotify): its PTEs are then installed read-only so
+/// that the first write faults.
+pub(crate) fn wants_writenotify(config: &MmConfig, vma: &Vma) -> bool {
+    if !vma.flags.contains(VmFlags::WRITE | VmFlags::SHARED) {
+        return false;
+    }
+    // Soft-dirty tracking is active while VM_SOFTDIRTY is clear; the
+    // pre-2014 kernel forgot to ask for write notifications then.
+    if config.soft_dirty
+        && !vma.flags.contains(VmFlags::SOFTDIRTY)
+        && !config.softdirty_writenotify_bug
+    {
+        return true;
+    }
+    // Regular files can write back (page_mkwrite); shmem cannot.
+    vma.file
+        .as_ref()
+        .is_some_and(|f| *f.kind() == crate::file::FileKind::Regular)
+}
+
+/// A new PTE for a fault that dirties the page (pte_mkdirty also sets
+/// the soft-dirty bit).
+fn dirty_pte(page: PageRef, write: bool) -> Pte {
+    Pte::Present(PresentPte {
+        page,
+        write,
+        dirty: true,
+        young: true,
+        soft_dirty: true,
+    })
+}
+
+fn clean_pte(page: PageRef, write: bool) -> Pte {
+    Pte::Present(PresentPte {
+        page,
+        write,
+        dirty: false,
+        young: true,
+        soft_dirty: false,
+    })
+}
+
+/// What the fault handlers work on: the page tables, the configuration,
+/// and the VMA (a copy of its fields, read under whichever lock the fault
+/// path holds, or speculatively). Every PTE decision is made and committed
+/// under the PTE lock, so concurrent faults on one page install it once
+/// (the kernel's `vmf_pte_changed` checks), and `validate` is called under
+/// that lock just before any change: a speculative fault (seed 000) checks
+/// there that its VMA did not change, and `false` abandons the fault with
+/// [`FaultResult::Retry`], having changed nothing.
+pub(crate) struct FaultEnv<'a> {
+    pub pt: &'a PageTables,
+    pub config: &'a MmConfig,
+    pub vma: &'a Vma,
+    pub validate: &'a dyn Fn() -> bool,
+}
+
+/// A decision taken under the PTE lock.
+enum Step {
+    Result(FaultResult),
+    /// The entry is empty in a file VMA: do_fault(), which looks at the
+    /// page cache first.
+    File,
+}
+
+impl FaultEnv<'_> {
     /// Whether a new PTE of this VMA for a read fault is writable
     /// (vm_page_prot of a shared writable mapping without write-notify).
-    fn read_fault_pte_writable(&self, vma: &Vma) -> bool {
-        vma.flags.contains(VmFlags::WRITE | VmFlags::SHARED) && !self.wants_writenotify(vma)
+    fn read_fault_pte_writable(&self) -> bool {
+        self.vma.flags.contains(VmFlags::WRITE | VmFlags::SHARED)
+            && !wants_writenotify(self.config, self.vma)
     }
 
     /// handle_mm_fault() for `addr` in a VMA whose access was already
-    /// checked. Also used by populate (GUP), which does not count faults.
-    pub(crate) fn handle_mm_fault(&mut self, addr: u64, write: bool) -> FaultResult {
+    /// checked (and whose anon_vma exists if [`needs_anon_vma`] says so).
+    pub(crate) fn handle_mm_fault(&self, addr: u64, write: bool) -> FaultResult {
         let vpn = addr / PAGE_SIZE;
-        match self.pt.get(vpn).clone() {
-            Pte::None => {
-                let vma = self.vmas.lookup(addr).expect("checked").clone();
-                if vma.is_anonymous() {
-                    self.do_anonymous_page(&vma, addr, write)
-                } else {
-                    self.do_fault(&vma, addr, write)
+        let step = self
+            .pt
+            .with_pte(vpn, true, |slot| match slot.get() {
+                Pte::Marker(Marker::Guard) => Step::Result(FaultResult::Segv),
+                Pte::None if !self.vma.is_anonymous() => Step::File,
+                _ if !(self.validate)() => Step::Result(FaultResult::Retry),
+                Pte::None => Step::Result(self.do_anonymous_page(slot, write)),
+                Pte::Present(p) => {
+                    if write && !p.write {
+                        let p = p.clone();
+                        self.do_wp_page(slot, &p);
+                    } else if write {
+                        slot.update(|e| e.dirty = true);
+                    }
+                    slot.update(|e| e.young = true);
+                    Step::Result(FaultResult::Done)
                 }
-            }
-            Pte::Marker(Marker::Guard) => FaultResult::Segv,
-            Pte::Present(p) => {
-                if write && !p.write {
-                    let vma = self.vmas.lookup(addr).expect("checked").clone();
-                    self.do_wp_page(&vma, addr, &p);
-                } else if write {
-                    self.pt.update(vpn, |e| e.dirty = true);
-                }
-                self.pt.update(vpn, |e| e.young = true);
-                FaultResult::Done
-            }
+            })
+            .expect("allocated");
+        match step {
+            Step::Result(r) => r,
+            Step::File => self.do_fault(addr, write),
         }
     }
 
-    /// A new PTE for a fault that dirties the page (pte_mkdirty also sets
-    /// the soft-dirty bit).
-    fn dirty_pte(page: crate::page::PageRef, write: bool) -> Pte {
-        Pte::Present(PresentPte {
-            page,
-            write,
-            dirty: true,
-            young: true,
-            soft_dirty: true,
-        })
-    }
-
-    fn clean_pte(page: crate::page::PageRef, write: bool) -> Pte {
-        Pte::Present(PresentPte {
-            page,
-            write,
-            dirty: false,
-            young: true,
-            soft_dirty: false,
-        })
-    }
-
-    /// do_anonymous_page(): reads map the zero page read-only; writes get a
-    /// new exclusive page (and the VMA an anon_vma).
-    fn do_anonymous_page(&mut self, vma: &Vma, addr: u64, write: bool) -> FaultResult {
-        let vpn = addr / PAGE_SIZE;
+    /// do_anonymous_page(): reads map the zero page read-only; writes get
+    /// a new exclusive page.
+    fn do_anonymous_page(&self, slot: &mut PteSlot<'_>, write: bool) -> FaultResult {
         if !write {
-            self.pt
-                .set(vpn, Self::clean_pte(Page::zero(), false), false);
+            slot.set(clean_pte(Page::zero(), false), false);
             return FaultResult::Done;
         }
-        self.anon_vma_prepare(vma.start);
-        let writable = vma.flags.contains(VmFlags::WRITE);
-        let pte = if writable {
-            Self::dirty_pte(Page::new_anon(), true)
+        let pte = if self.vma.flags.contains(VmFlags::WRITE) {
+            dirty_pte(Page::new_anon(), true)
         } else {
-            Self::clean_pte(Page::new_anon(), false)
+            clean_pte(Page::new_anon(), false)
         };
-        self.pt.set(vpn, pte, false);
-        self.update_hiwater();
+        slot.set(pte, false);
         FaultResult::Done
     }
 
+    /// Install `pte` at `vpn` if the entry is still empty (finish_fault's
+    /// vmf_pte_changed check); a racing fault that installed one first
+    /// wins, and the access is retried on it.
+    fn install_if_none(&self, vpn: u64, pte: impl FnOnce() -> Pte, shmem: bool) -> FaultResult {
+        self.pt
+            .with_pte(vpn, true, |slot| {
+                if !slot.get().is_none() {
+                    return FaultResult::Done;
+                }
+                if !(self.validate)() {
+                    return FaultResult::Retry;
+                }
+                slot.set(pte(), shmem);
+                FaultResult::Done
+            })
+            .expect("allocated")
+    }
+
     /// do_fault(): a file (or shmem) page.
-    fn do_fault(&mut self, vma: &Vma, addr: u64, write: bool) -> FaultResult {
+    fn do_fault(&self, addr: u64, write: bool) -> FaultResult {
+        let vma = self.vma;
         let file = vma.file.clone().expect("file VMA");
         let index = vma.page_index(addr);
         let vpn = addr / PAGE_SIZE;
@@ -322,38 +426,33 @@ impl Mm {
         if !write {
             // do_read_fault: map the cached pages around first; the
             // target page may still be beyond the end of the file.
-            self.fault_around(vma, addr);
+            if self.fault_around(addr) == FaultResult::Retry {
+                return FaultResult::Retry;
+            }
             if !file.has_page(index) {
                 return FaultResult::Bus;
             }
-            if self.pt.get(vpn).is_none() {
-                let page = file.page(index);
-                self.pt.set(
-                    vpn,
-                    Self::clean_pte(page, self.read_fault_pte_writable(vma)),
-                    shmem,
-                );
-            }
+            let writable = self.read_fault_pte_writable();
+            self.install_if_none(vpn, || clean_pte(file.page(index), writable), shmem)
         } else if !shared {
-            // do_cow_fault: vmf_anon_prepare() comes before __do_fault()
+            // do_cow_fault: the anon_vma was prepared before __do_fault()
             // finds the page missing, so even a SIGBUS leaves the VMA
             // with an anon_vma (which decides later merges).
-            self.anon_vma_prepare(vma.start);
             if !file.has_page(index) {
                 return FaultResult::Bus;
             }
-            let copy = Page::copy_of(&file.page(index));
             let writable = vma.flags.contains(VmFlags::WRITE);
-            self.pt.set(vpn, Self::dirty_pte(copy, writable), false);
+            self.install_if_none(
+                vpn,
+                || dirty_pte(Page::copy_of(&file.page(index)), writable),
+                false,
+            )
         } else if !file.has_page(index) {
-            return FaultResult::Bus;
+            FaultResult::Bus
         } else {
             // do_shared_fault: the page-cache page itself, dirty.
-            self.pt
-                .set(vpn, Self::dirty_pte(file.page(index), true), shmem);
+            self.install_if_none(vpn, || dirty_pte(file.page(index), true), shmem)
         }
-        self.update_hiwater();
-        FaultResult::Done
     }
 
     /// do_fault_around(): map the already cached pages of a 16-page window
@@ -361,7 +460,8 @@ impl Mm {
     /// starts at the fault's PTE index aligned down to 16, or at the VMA's
     /// start if that is later, and stops at the VMA's end and the end of
     /// the page table (mm/memory.c).
-    fn fault_around(&mut self, vma: &Vma, addr: u64) {
+    fn fault_around(&self, addr: u64) -> FaultResult {
+        let vma = self.vma;
         let file = vma.file.clone().expect("file VMA");
         let ptrs = crate::addr::PTRS_PER_PTE;
         let vpn = addr / PAGE_SIZE;
@@ -373,27 +473,32 @@ impl Mm {
         let to = (from + FAULT_AROUND_PAGES)
             .min(ptrs)
             .min(pte_off + vma_pages - vma_off);
-        let writable = self.read_fault_pte_writable(vma);
+        let writable = self.read_fault_pte_writable();
         let shmem = vma.is_shmem();
         for off in from..to {
             let v = table_base + off;
-            let a = v * PAGE_SIZE;
-            if v == vpn || !self.pt.get(v).is_none() {
+            if v == vpn {
                 continue;
             }
-            let index = vma.page_index(a);
+            let index = vma.page_index(v * PAGE_SIZE);
             if !file.has_page(index) {
                 continue;
             }
             if let Some(page) = file.cached(index) {
-                self.pt.set(v, Self::clean_pte(page, writable), shmem);
+                if self.install_if_none(v, || clean_pte(page, writable), shmem)
+                    == FaultResult::Retry
+                {
+                    return FaultResult::Retry;
+                }
             }
         }
+        FaultResult::Done
     }
 
-    /// do_wp_page(): a write to a present read-only PTE of a writable VMA.
-    fn do_wp_page(&mut self, vma: &Vma, addr: u64, pte: &PresentPte) {
-        let vpn = addr / PAGE_SIZE;
+    /// do_wp_page(): a write to a present read-only PTE of a writable VMA,
+    /// under the PTE lock.
+    fn do_wp_page(&self, slot: &mut PteSlot<'_>, pte: &PresentPte) {
+        let vma = self.vma;
         let page = &pte.page;
         let reuse = |e: &mut PresentPte| {
             e.write = true;
@@ -403,23 +508,21 @@ impl Mm {
         };
         if vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE) {
             // Shared mappings are never copied: write-notify done, reuse.
-            self.pt.update(vpn, reuse);
+            slot.update(reuse);
             return;
         }
         if page.is_anon() && (page.anon_exclusive() || page.mapcount() == 1) {
             page.set_anon_exclusive(true);
-            self.pt.update(vpn, reuse);
+            slot.update(reuse);
             return;
         }
         // wp_page_copy: the zero page, a page-cache page, or an anon page
         // still shared after fork.
-        self.anon_vma_prepare(vma.start);
         let new = if page.is_zero_page() {
             Page::new_anon()
         } else {
             Page::copy_of(page)
         };
-        self.pt.set(vpn, Self::dirty_pte(new, true), vma.is_shmem());
-        self.update_hiwater();
+        slot.set(dirty_pte(new, true), vma.is_shmem());
     }
 }

@@ -29,7 +29,7 @@ impl Mm {
         child.start_brk = self.start_brk;
         child.brk = self.brk;
         let mut vmas = VmaTree::new();
-        let mut pt = PageTables::new();
+        let pt = PageTables::new();
         let parents: Vec<Vma> = self.vmas.iter().cloned().collect();
         for vma in parents {
             if vma.flags.contains(VmFlags::DONTCOPY) {
@@ -47,12 +47,12 @@ impl Mm {
                 tmp.fork_child = true;
             }
             if !wipe && self.vma_needs_copy(&vma) {
-                self.copy_page_range(&vma, &mut pt);
+                self.copy_page_range(&vma, &pt);
             }
             vmas.insert(tmp);
         }
         child.vmas = vmas;
-        child.pt = pt;
+        child.pt = std::sync::Arc::new(pt);
         child.counters.hiwater_rss = child.rss();
         child
     }
@@ -71,15 +71,11 @@ impl Mm {
     /// are copied; present pages are shared (an anonymous page stops being
     /// exclusive), made old in the child, clean in a shared child mapping,
     /// and write-protected on both sides in a COW mapping.
-    fn copy_page_range(&mut self, vma: &Vma, child: &mut PageTables) {
+    fn copy_page_range(&mut self, vma: &Vma, child: &PageTables) {
         let cow = vma.flags & (VmFlags::SHARED | VmFlags::MAYWRITE) == VmFlags::MAYWRITE;
         let shared = vma.flags.contains(VmFlags::SHARED);
         let shmem = vma.is_shmem();
-        let entries: Vec<(u64, Pte)> = self
-            .pt
-            .range(vma.start / PAGE_SIZE, vma.end / PAGE_SIZE)
-            .map(|(vpn, pte)| (vpn, pte.clone()))
-            .collect();
+        let entries = self.pt.range(vma.start / PAGE_SIZE, vma.end / PAGE_SIZE);
         for (vpn, pte) in entries {
             match pte {
                 Pte::None => {}

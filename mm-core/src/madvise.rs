@@ -282,6 +282,7 @@ impl Mm {
         let needs_zap = self
             .pt
             .range(start / PAGE_SIZE, end / PAGE_SIZE)
+            .iter()
             .any(|(_, e)| !e.is_guard());
         if needs_zap {
             self.zap_range(start, end, v.is_shmem(), false);
@@ -319,7 +320,7 @@ impl Mm {
             };
             if !satisfied {
                 match self.handle_mm_fault(a, write) {
-                    FaultResult::Done => {}
+                    FaultResult::Done | FaultResult::Retry => {}
                     FaultResult::Segv | FaultResult::Bus => return Err(Errno::EFAULT),
                 }
             }

@@ -85,7 +85,9 @@ pub struct MmCounters {
 pub struct Mm {
     pub(crate) config: MmConfig,
     pub(crate) vmas: VmaTree,
-    pub(crate) pt: PageTables,
+    /// Shared with the concurrent engine's fault paths, which reach the
+    /// page tables without the rest of the address space.
+    pub(crate) pt: std::sync::Arc<PageTables>,
     pub(crate) start_brk: u64,
     pub(crate) brk: u64,
     pub(crate) counters: MmCounters,
@@ -104,7 +106,7 @@ impl Mm {
         Self {
             config,
             vmas: VmaTree::new(),
-            pt: PageTables::new(),
+            pt: std::sync::Arc::new(PageTables::new()),
             start_brk,
             brk: start_brk,
             counters: MmCounters::default(),
@@ -122,7 +124,7 @@ impl Mm {
     }
 
     /// The page tables.
-    pub const fn page_tables(&self) -> &PageTables {
+    pub fn page_tables(&self) -> &PageTables {
         &self.pt
     }
 
@@ -137,7 +139,7 @@ impl Mm {
     }
 
     /// Current RSS in pages.
-    pub const fn rss(&self) -> u64 {
+    pub fn rss(&self) -> u64 {
         let r = self.pt.rss();
         r.anon + r.file + r.shmem
     }

@@ -350,7 +350,7 @@ impl Mm {
             };
             if !ok {
                 match self.handle_mm_fault(a, write) {
-                    FaultResult::Done => {}
+                    FaultResult::Done | FaultResult::Retry => {}
                     FaultResult::Segv | FaultResult::Bus => return Err(Errno::EFAULT),
                 }
             }

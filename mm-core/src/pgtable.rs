@@ -1,21 +1,34 @@
 //! Page tables: one entry per virtual page, grouped in page-table pages of
 //! 512 entries (the PTE level; the upper levels are implicit in the key).
-//! Follows include/linux/pgtable.h and the PTE walks of mm/memory.c.
+//! Follows include/linux/pgtable.h, the PTE walks of mm/memory.c and the
+//! split page-table locks of include/linux/mm.h (`pte_offset_map_lock`,
+//! `ptlock_ptr`, CONFIG_SPLIT_PTE_PTLOCKS).
 //!
 //! An entry is empty, present (mapping a frame, with its write, dirty, young
 //! and soft-dirty bits), or a marker (a guard region's PTE marker,
-//! mm/madvise.c). Every change goes through [`PageTables::set`], which keeps
-//! each frame's mapcount and the RSS counters right.
+//! mm/madvise.c). Every change goes through [`PageTables::set`] or
+//! [`PteSlot::set`], which keep each frame's mapcount and the RSS counters
+//! right.
 //!
-//! Page-table pages are the unit of the split PTE lock (issue 4); here they
-//! are only the unit of allocation: a page-table page exists while any of
-//! its entries is non-empty, or until it is freed with its range.
+//! Locking, as in the kernel: every page-table page has its own lock (the
+//! split PTE lock), taken for every read or change of its entries, so
+//! faults on different 2 MiB ranges never contend and a fault served under
+//! a per-VMA lock can run while a system call changes another VMA's
+//! entries. The directory of page-table pages (the PMD level) is a
+//! reader-writer lock taken for write only to allocate or free a
+//! page-table page (`pmd_lock`/`mm->page_table_lock`). A page-table page
+//! freed while a walker was about to lock it is marked dead, and the walker
+//! looks it up again, as `pte_offset_map_lock` rechecks `pmd_same`.
+//!
+//! All methods take `&self`; the single-threaded engine uses the same code
+//! (an uncontended lock costs tens of nanoseconds).
 
 use std::collections::BTreeMap;
 
 use crate::{
     addr::PTRS_PER_PTE,
     page::{PageKind, PageRef},
+    sync::{Arc, AtomicU64, Mutex, MutexGuard, Ordering, RwLock},
 };
 
 /// A PTE marker (`pte_marker` in include/linux/swapops.h).
@@ -72,14 +85,15 @@ impl Pte {
     }
 }
 
-static NONE_PTE: Pte = Pte::None;
-
 /// One page-table page: 512 entries.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct PteTable {
     entries: Vec<Pte>,
     /// Non-empty entries.
     used: u16,
+    /// Freed from the directory: a walker that locked it late must look
+    /// the page up again.
+    dead: bool,
 }
 
 impl PteTable {
@@ -87,8 +101,15 @@ impl PteTable {
         Self {
             entries: vec![Pte::None; PTRS_PER_PTE as usize],
             used: 0,
+            dead: false,
         }
     }
+}
+
+/// A page-table page and its split lock (`ptdesc->ptl`).
+#[derive(Debug)]
+struct PtePage {
+    ptl: Mutex<PteTable>,
 }
 
 /// Resident pages by type (MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES).
@@ -102,15 +123,82 @@ pub struct Rss {
     pub shmem: u64,
 }
 
+/// The RSS counters (`mm->rss_stat`, percpu counters in the kernel).
+#[derive(Debug, Default)]
+struct RssCounters {
+    anon: AtomicU64,
+    file: AtomicU64,
+    shmem: AtomicU64,
+}
+
+impl RssCounters {
+    fn account(&self, page: &PageRef, shmem: bool, delta: i64) {
+        let counter = match page.kind() {
+            PageKind::Zero => return,
+            PageKind::Anon => &self.anon,
+            PageKind::File { .. } if shmem => &self.shmem,
+            PageKind::File { .. } => &self.file,
+        };
+        if delta >= 0 {
+            counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+}
+
 /// The page tables of one address space.
 #[derive(Debug, Default)]
 pub struct PageTables {
-    tables: BTreeMap<u64, PteTable>,
-    rss: Rss,
+    dir: RwLock<BTreeMap<u64, Arc<PtePage>>>,
+    rss: RssCounters,
 }
 
 fn split(vpn: u64) -> (u64, usize) {
     (vpn / PTRS_PER_PTE, (vpn % PTRS_PER_PTE) as usize)
+}
+
+/// One entry, locked: its page-table page's lock is held while this
+/// lives (the `pte_t *` and `spinlock_t *` of `pte_offset_map_lock`).
+pub struct PteSlot<'a> {
+    table: &'a mut PteTable,
+    index: usize,
+    rss: &'a RssCounters,
+}
+
+impl PteSlot<'_> {
+    /// The entry.
+    pub fn get(&self) -> &Pte {
+        &self.table.entries[self.index]
+    }
+
+    /// Replace the entry; returns the old one. `shmem` tells whether file
+    /// pages here belong to shmem (for RSS accounting).
+    pub fn set(&mut self, pte: Pte, shmem: bool) -> Pte {
+        if let Pte::Present(p) = &pte {
+            p.page.map();
+            self.rss.account(&p.page, shmem, 1);
+        }
+        let new_none = pte.is_none();
+        let old = std::mem::replace(&mut self.table.entries[self.index], pte);
+        match (old.is_none(), new_none) {
+            (true, false) => self.table.used += 1,
+            (false, true) => self.table.used -= 1,
+            _ => {}
+        }
+        if let Pte::Present(p) = &old {
+            p.page.unmap();
+            self.rss.account(&p.page, shmem, -1);
+        }
+        old
+    }
+
+    /// Change the bits of a present entry in place (no mapping change).
+    pub fn update(&mut self, f: impl FnOnce(&mut PresentPte)) {
+        if let Pte::Present(p) = &mut self.table.entries[self.index] {
+            f(p);
+        }
+    }
 }
 
 /// exit_mmap(): tearing down the tables unmaps every page they map, so
@@ -118,7 +206,12 @@ fn split(vpn: u64) -> (u64, usize) {
 /// exclusive to the survivor.
 impl Drop for PageTables {
     fn drop(&mut self) {
-        for table in self.tables.values() {
+        let dir = self
+            .dir
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for page in dir.values() {
+            let Ok(table) = page.ptl.lock() else { continue };
             for e in &table.entries {
                 if let Pte::Present(p) = e {
                     p.page.unmap();
@@ -128,122 +221,180 @@ impl Drop for PageTables {
     }
 }
 
+fn lock_table(page: &PtePage) -> MutexGuard<'_, PteTable> {
+    // A panic while a PTE lock is held leaves the entries consistent
+    // (every change is one assignment), so poisoning is ignored.
+    page.ptl
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl PageTables {
     /// Empty page tables.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The entry for virtual page `vpn`.
-    pub fn get(&self, vpn: u64) -> &Pte {
-        let (t, i) = split(vpn);
-        self.tables.get(&t).map_or(&NONE_PTE, |t| &t.entries[i])
+    fn table(&self, t: u64, alloc: bool) -> Option<Arc<PtePage>> {
+        {
+            let dir = self
+                .dir
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(p) = dir.get(&t) {
+                return Some(Arc::clone(p));
+            }
+        }
+        if !alloc {
+            return None;
+        }
+        // __pte_alloc: allocate under the PMD-level lock, unless another
+        // walker did it first.
+        let mut dir = self
+            .dir
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(Arc::clone(dir.entry(t).or_insert_with(|| {
+            Arc::new(PtePage {
+                ptl: Mutex::new(PteTable::new()),
+            })
+        })))
     }
 
-    fn account(&mut self, page: &PageRef, shmem: bool, delta: i64) {
-        let counter = match page.kind() {
-            PageKind::Zero => return,
-            PageKind::Anon => &mut self.rss.anon,
-            PageKind::File { .. } if shmem => &mut self.rss.shmem,
-            PageKind::File { .. } => &mut self.rss.file,
-        };
-        *counter = counter.wrapping_add_signed(delta);
+    /// pte_offset_map_lock(): run `f` on the entry for `vpn` with its
+    /// page-table page locked. With `alloc`, a missing page-table page is
+    /// allocated; without, `None` is returned when there is none (the
+    /// entry is then empty).
+    pub fn with_pte<R>(
+        &self,
+        vpn: u64,
+        alloc: bool,
+        f: impl FnOnce(&mut PteSlot<'_>) -> R,
+    ) -> Option<R> {
+        let (t, index) = split(vpn);
+        loop {
+            let page = self.table(t, alloc)?;
+            let mut table = lock_table(&page);
+            if table.dead {
+                // Freed between the lookup and the lock: look again.
+                continue;
+            }
+            let mut slot = PteSlot {
+                table: &mut table,
+                index,
+                rss: &self.rss,
+            };
+            return Some(f(&mut slot));
+        }
+    }
+
+    /// The entry for `vpn` (a copy, read under its lock).
+    pub fn get(&self, vpn: u64) -> Pte {
+        self.with_pte(vpn, false, |s| s.get().clone())
+            .unwrap_or(Pte::None)
     }
 
     /// Replace the entry for `vpn`; returns the old one. `shmem` tells
     /// whether file pages here belong to shmem (for RSS accounting).
-    pub fn set(&mut self, vpn: u64, pte: Pte, shmem: bool) -> Pte {
-        let (t, i) = split(vpn);
-        if pte.is_none() && !self.tables.contains_key(&t) {
-            return Pte::None;
-        }
-        if let Pte::Present(p) = &pte {
-            p.page.map();
-            self.account(&p.page.clone(), shmem, 1);
-        }
-        let table = self.tables.entry(t).or_insert_with(PteTable::new);
-        let new_none = pte.is_none();
-        let old = std::mem::replace(&mut table.entries[i], pte);
-        match (old.is_none(), new_none) {
-            (true, false) => table.used += 1,
-            (false, true) => table.used -= 1,
-            _ => {}
-        }
-        if let Pte::Present(p) = &old {
-            p.page.unmap();
-            self.account(&p.page.clone(), shmem, -1);
-        }
-        old
+    pub fn set(&self, vpn: u64, pte: Pte, shmem: bool) -> Pte {
+        let alloc = !pte.is_none();
+        self.with_pte(vpn, alloc, |s| s.set(pte, shmem))
+            .unwrap_or(Pte::None)
     }
 
     /// Clear the entry for `vpn`; returns it.
-    pub fn take(&mut self, vpn: u64, shmem: bool) -> Pte {
+    pub fn take(&self, vpn: u64, shmem: bool) -> Pte {
         self.set(vpn, Pte::None, shmem)
     }
 
     /// Change the bits of a present entry in place (no mapping change).
-    pub fn update(&mut self, vpn: u64, f: impl FnOnce(&mut PresentPte)) {
-        let (t, i) = split(vpn);
-        if let Some(Pte::Present(p)) = self.tables.get_mut(&t).map(|t| &mut t.entries[i]) {
-            f(p);
-        }
+    pub fn update(&self, vpn: u64, f: impl FnOnce(&mut PresentPte)) {
+        self.with_pte(vpn, false, |s| s.update(f));
     }
 
-    /// The non-empty entries in `[start_vpn, end_vpn)`, in order.
-    pub fn range(&self, start_vpn: u64, end_vpn: u64) -> impl Iterator<Item = (u64, &Pte)> {
-        let (first, _) = split(start_vpn);
-        // An empty range selects no table.
-        let tables = if start_vpn < end_vpn {
-            first..split(end_vpn - 1).0 + 1
-        } else {
-            first..first
+    /// The non-empty entries in `[start_vpn, end_vpn)`, in order (copies,
+    /// each page-table page read under its lock).
+    pub fn range(&self, start_vpn: u64, end_vpn: u64) -> Vec<(u64, Pte)> {
+        if start_vpn >= end_vpn {
+            return Vec::new();
+        }
+        let first = split(start_vpn).0;
+        let last = split(end_vpn - 1).0;
+        let pages: Vec<(u64, Arc<PtePage>)> = {
+            let dir = self
+                .dir
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            dir.range(first..=last)
+                .map(|(t, p)| (*t, Arc::clone(p)))
+                .collect()
         };
-        self.tables
-            .range(tables)
-            .flat_map(|(t, table)| {
-                let base = t * PTRS_PER_PTE;
+        let mut out = Vec::new();
+        for (t, page) in pages {
+            let table = lock_table(&page);
+            if table.used == 0 {
+                continue;
+            }
+            let base = t * PTRS_PER_PTE;
+            out.extend(
                 table
                     .entries
                     .iter()
                     .enumerate()
                     .filter(|(_, e)| !e.is_none())
-                    .map(move |(i, e)| (base + i as u64, e))
-            })
-            .filter(move |(v, _)| *v >= start_vpn && *v < end_vpn)
+                    .map(|(i, e)| (base + i as u64, e.clone()))
+                    .filter(|(v, _)| *v >= start_vpn && *v < end_vpn),
+            );
+        }
+        out
     }
 
     /// The virtual pages in `[start_vpn, end_vpn)` with non-empty entries.
     pub fn occupied(&self, start_vpn: u64, end_vpn: u64) -> Vec<u64> {
-        self.range(start_vpn, end_vpn).map(|(v, _)| v).collect()
+        self.range(start_vpn, end_vpn)
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect()
     }
 
     /// Free the page-table pages wholly inside `[start_vpn, end_vpn)` that
     /// hold nothing (free_pgtables after an unmap).
-    pub fn free_empty(&mut self, start_vpn: u64, end_vpn: u64) {
+    pub fn free_empty(&self, start_vpn: u64, end_vpn: u64) {
         let first = start_vpn.div_ceil(PTRS_PER_PTE);
         let last = end_vpn / PTRS_PER_PTE;
         if first >= last {
             return;
         }
-        let empty: Vec<u64> = self
-            .tables
-            .range(first..last)
-            .filter(|(_, t)| t.used == 0)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in empty {
-            self.tables.remove(&k);
+        let mut dir = self
+            .dir
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys: Vec<u64> = dir.range(first..last).map(|(k, _)| *k).collect();
+        for k in keys {
+            let page = Arc::clone(&dir[&k]);
+            let mut table = lock_table(&page);
+            if table.used == 0 {
+                table.dead = true;
+                dir.remove(&k);
+            }
         }
     }
 
     /// Number of page-table pages allocated.
     pub fn table_pages(&self) -> usize {
-        self.tables.len()
+        self.dir
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Resident set by type.
-    pub const fn rss(&self) -> Rss {
-        self.rss
+    pub fn rss(&self) -> Rss {
+        Rss {
+            anon: self.rss.anon.load(Ordering::Relaxed),
+            file: self.rss.file.load(Ordering::Relaxed),
+            shmem: self.rss.shmem.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -264,7 +415,7 @@ mod tests {
 
     #[test]
     fn set_take_and_accounting() {
-        let mut pt = PageTables::new();
+        let pt = PageTables::new();
         let p = Page::new_anon();
         assert!(pt.get(5).is_none());
         pt.set(5, present(&p), false);
@@ -290,7 +441,7 @@ mod tests {
 
     #[test]
     fn zero_page_is_not_resident() {
-        let mut pt = PageTables::new();
+        let pt = PageTables::new();
         pt.set(1, present(&Page::zero()), false);
         assert_eq!(pt.rss(), Rss::default());
         let f = Page::new_file(1, 0);

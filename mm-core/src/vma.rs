@@ -130,6 +130,11 @@ impl Vma {
 pub struct VmaTree {
     map: BTreeMap<u64, Vma>,
     gaps: GapIndex,
+    /// The address window every change since the last
+    /// [`VmaTree::take_touched`] lies in: each changed, inserted or removed
+    /// VMA has its old and new start inside. The concurrent engine
+    /// republishes only this window after a system call.
+    touched: Option<(u64, u64)>,
 }
 
 /// A VMA borrowed mutably from its tree; when dropped, the tree re-files
@@ -171,6 +176,8 @@ impl Drop for VmaMut<'_> {
         }
         self.tree.refresh(start);
         self.tree.refresh_after(start);
+        let end = self.tree.map[&start].end;
+        self.tree.touch(self.key.min(start), end.max(self.key + 1));
     }
 }
 
@@ -319,6 +326,7 @@ impl VmaTree {
             "overlap inserting {vma:?}"
         );
         let start = vma.start;
+        self.touch(start, vma.end);
         self.map.insert(start, vma);
         self.refresh(start);
         self.refresh_after(start);
@@ -327,6 +335,7 @@ impl VmaTree {
     /// Remove and return the VMA starting at `start`.
     pub fn remove(&mut self, start: u64) -> Option<Vma> {
         let v = self.map.remove(&start)?;
+        self.touch(v.start, v.end);
         self.gaps.remove(start);
         self.refresh_after(start);
         Some(v)
@@ -344,13 +353,28 @@ impl VmaTree {
             return false;
         };
         let lower = self.map.get_mut(&start).expect("found above");
+        let whole = (lower.start, lower.end);
         let mut upper = lower.clone();
         upper.start = addr;
         upper.pgoff = lower.pgoff + ((addr - lower.start) >> crate::addr::PAGE_SHIFT);
         lower.end = addr;
         self.map.insert(addr, upper);
         self.refresh(addr);
+        self.touch(whole.0, whole.1);
         true
+    }
+
+    fn touch(&mut self, start: u64, end: u64) {
+        self.touched = Some(match self.touched {
+            None => (start, end),
+            Some((a, b)) => (a.min(start), b.max(end)),
+        });
+    }
+
+    /// The window `[lo, hi)` of addresses changed since the last call
+    /// (`None` if nothing changed), and start afresh.
+    pub fn take_touched(&mut self) -> Option<(u64, u64)> {
+        self.touched.take()
     }
 
     /// Check the tree's invariants: ordered, non-overlapping, page aligned,
