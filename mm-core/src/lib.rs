@@ -28,6 +28,7 @@ pub mod page;
 pub mod pgtable;
 pub mod proc;
 pub mod stats;
+pub mod sync;
 pub mod uapi;
 pub mod vm_flags;
 pub mod vma;
