@@ -210,12 +210,13 @@ pub(crate) fn hardware_access(
         let Pte::Present(p) = slot.get() else {
             return Err(code);
         };
-        let code = code | pf::PROT;
         let Some(vma) = vma.filter(|v| v.contains(addr)) else {
             // A present PTE outside any VMA: only while a racing unmap
-            // is between its VMA and page-table updates. Fault.
+            // is between its VMA and page-table updates. Fault as if not
+            // present; the fault handler decides under its lock.
             return Err(code);
         };
+        let code = code | pf::PROT;
         if pkey_denies(config, vma, access) {
             return Err(code | pf::PK);
         }

@@ -255,10 +255,15 @@ impl Mm {
     }
 
     /// MADV_GUARD_INSTALL on `[start, end)` inside one VMA: mark the VMA
-    /// (VM_MAYBE_GUARD, sticky, no split), prepare its anon_vma, then make
-    /// every page a guard marker, discarding populated pages first (the
-    /// kernel's optimistic install, zap and retry, which single-threaded
-    /// always succeeds on the second pass).
+    /// (VM_MAYBE_GUARD, sticky, no split), prepare its anon_vma before any
+    /// marker exists, then install markers optimistically: the walk puts a
+    /// marker in every empty entry and stops at the first populated one;
+    /// then the range is zapped (markers stay) and walked once more. A
+    /// fault that repopulates the range between the zap and the second
+    /// walk makes the call fail with EAGAIN, for the caller to retry (seed
+    /// 004's design; 6.18 walks up to three times and then restarts the
+    /// system call itself). Single-threaded, the second walk always
+    /// completes.
     fn guard_install(&mut self, start: u64, end: u64) -> KResult<()> {
         let v = self.vmas.lookup(start).expect("walk found it").clone();
         if v.flags
@@ -279,20 +284,32 @@ impl Mm {
         } else {
             self.anon_vma_prepare(v.start);
         }
-        let needs_zap = self
-            .pt
-            .range(start / PAGE_SIZE, end / PAGE_SIZE)
-            .iter()
-            .any(|(_, e)| !e.is_guard());
-        if needs_zap {
-            self.zap_range(start, end, v.is_shmem(), false);
-        }
-        for vpn in start / PAGE_SIZE..end / PAGE_SIZE {
-            if self.pt.get(vpn).is_none() {
-                self.pt.set(vpn, Pte::Marker(Marker::Guard), false);
+        for attempt in 0..2 {
+            if self.guard_install_walk(start, end) {
+                return Ok(());
+            }
+            if attempt == 0 {
+                self.zap_range(start, end, v.is_shmem(), false);
             }
         }
-        Ok(())
+        Err(Errno::EAGAIN)
+    }
+
+    /// One walk of guard_install_walk_ops: a marker in each empty entry,
+    /// decided under the PTE lock; false at the first populated entry.
+    fn guard_install_walk(&self, start: u64, end: u64) -> bool {
+        (start / PAGE_SIZE..end / PAGE_SIZE).all(|vpn| {
+            self.pt
+                .with_pte(vpn, true, |slot| match slot.get() {
+                    Pte::None => {
+                        slot.set(Pte::Marker(Marker::Guard), false);
+                        true
+                    }
+                    Pte::Marker(Marker::Guard) => true,
+                    Pte::Present(_) => false,
+                })
+                .expect("allocated")
+        })
     }
 
     /// MADV_POPULATE_READ/WRITE: fault in page by page, stopping at the

@@ -11,6 +11,12 @@ use crate::{
 impl Mm {
     /// munmap(addr, len).
     pub fn munmap(&mut self, addr: u64, len: u64) -> KResult<()> {
+        let (start, end) = self.munmap_range(addr, len)?;
+        self.do_munmap(start, end)
+    }
+
+    /// munmap()'s argument checks: the page-aligned range to unmap.
+    pub(crate) fn munmap_range(&self, addr: u64, len: u64) -> KResult<(u64, u64)> {
         let task = self.config.task_size;
         if !is_page_aligned(addr) || addr > task || len > task - addr {
             return Err(Errno::EINVAL);
@@ -19,7 +25,7 @@ impl Mm {
         if end == addr {
             return Err(Errno::EINVAL);
         }
-        self.do_munmap(addr, end)
+        Ok((addr, end))
     }
 
     /// Remove every VMA in `[start, end)` (page aligned), splitting the
@@ -54,11 +60,23 @@ impl Mm {
     /// vms_complete_munmap_vmas(): remove the VMAs inside `[start, end)`
     /// (already split at its edges) and clear their page tables.
     pub(crate) fn munmap_complete(&mut self, start: u64, end: u64) {
-        for s in self.vmas.starts_in(start, end) {
-            let v = self.vmas.remove(s).expect("listed");
-            self.zap_range(v.start, v.end, v.is_shmem(), true);
-        }
-        self.pt.free_empty(start / PAGE_SIZE, end / PAGE_SIZE);
+        let detached = self.munmap_detach(start, end);
+        zap_detached(&self.pt, &detached, start, end);
+    }
+
+    /// The first half of vms_complete_munmap_vmas(): take the VMAs inside
+    /// `[start, end)` out of the tree; returns what the zap needs. The
+    /// concurrent engine downgrades mmap_lock between this and
+    /// [`zap_detached`], as the kernel does for munmap(2).
+    pub(crate) fn munmap_detach(&mut self, start: u64, end: u64) -> Vec<(u64, u64, bool)> {
+        self.vmas
+            .starts_in(start, end)
+            .into_iter()
+            .map(|s| {
+                let v = self.vmas.remove(s).expect("listed");
+                (v.start, v.end, v.is_shmem())
+            })
+            .collect()
     }
 
     /// Clear the PTEs of `[start, end)`; markers too when `markers`.
@@ -70,4 +88,20 @@ impl Mm {
             self.pt.take(vpn, shmem);
         }
     }
+}
+
+/// The second half of vms_complete_munmap_vmas(): clear the page tables of
+/// detached VMAs (markers too) and free the page-table pages left empty.
+pub(crate) fn zap_detached(
+    pt: &crate::pgtable::PageTables,
+    detached: &[(u64, u64, bool)],
+    start: u64,
+    end: u64,
+) {
+    for &(s, e, shmem) in detached {
+        for vpn in pt.occupied(s / PAGE_SIZE, e / PAGE_SIZE) {
+            pt.take(vpn, shmem);
+        }
+    }
+    pt.free_empty(start / PAGE_SIZE, end / PAGE_SIZE);
 }

@@ -68,6 +68,25 @@ impl Content {
 
 static NEXT_PFN: AtomicU64 = AtomicU64::new(1);
 
+/// Frame numbers are handed to each thread in batches, as the page
+/// allocator's per-CPU lists do, so that allocating threads do not share
+/// a counter's cache line.
+fn next_pfn() -> u64 {
+    const BATCH: u64 = 1024;
+    thread_local! {
+        static RANGE: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    RANGE.with(|r| {
+        let (mut next, mut end) = r.get();
+        if next == end {
+            next = NEXT_PFN.fetch_add(BATCH, Ordering::Relaxed);
+            end = next + BATCH;
+        }
+        r.set((next + 1, end));
+        next
+    })
+}
+
 /// A page frame.
 #[derive(Debug)]
 pub struct Page {
@@ -84,7 +103,7 @@ pub type PageRef = Arc<Page>;
 impl Page {
     fn new(kind: PageKind, content: Content) -> PageRef {
         Arc::new(Self {
-            pfn: NEXT_PFN.fetch_add(1, Ordering::Relaxed),
+            pfn: next_pfn(),
             kind,
             content: Mutex::new(content),
             mapcount: AtomicU32::new(0),

@@ -14,9 +14,11 @@
 //! split PTE lock), taken for every read or change of its entries, so
 //! faults on different 2 MiB ranges never contend and a fault served under
 //! a per-VMA lock can run while a system call changes another VMA's
-//! entries. The directory of page-table pages (the PMD level) is a
-//! reader-writer lock taken for write only to allocate or free a
-//! page-table page (`pmd_lock`/`mm->page_table_lock`). A page-table page
+//! entries. The directory of page-table pages (the PMD level) is split in
+//! shards, each a reader-writer lock taken for write only to allocate or
+//! free a page-table page (the kernel's `pmd_lock`, one per PMD table), so
+//! a thread allocating page tables in one place does not stall walkers
+//! elsewhere. A page-table page
 //! freed while a walker was about to lock it is marked dead, and the walker
 //! looks it up again, as `pte_offset_map_lock` rechecks `pmd_same`.
 //!
@@ -147,11 +149,45 @@ impl RssCounters {
     }
 }
 
-/// The page tables of one address space.
+/// Shards of the page-table directory.
+const DIR_SHARDS: usize = 64;
+
+/// One shard of the directory: the page-table pages whose index is
+/// congruent to the shard's number, on its own cache lines.
 #[derive(Debug, Default)]
+#[repr(align(128))]
+struct DirShard(RwLock<BTreeMap<u64, Arc<PtePage>>>);
+
+/// The page tables of one address space.
+#[derive(Debug)]
 pub struct PageTables {
-    dir: RwLock<BTreeMap<u64, Arc<PtePage>>>,
+    dir: Box<[DirShard]>,
     rss: RssCounters,
+}
+
+impl Default for PageTables {
+    fn default() -> Self {
+        Self {
+            dir: (0..DIR_SHARDS).map(|_| DirShard::default()).collect(),
+            rss: RssCounters::default(),
+        }
+    }
+}
+
+type Dir = BTreeMap<u64, Arc<PtePage>>;
+
+fn read_dir(shard: &DirShard) -> crate::sync::RwLockReadGuard<'_, Dir> {
+    shard
+        .0
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_dir(shard: &DirShard) -> crate::sync::RwLockWriteGuard<'_, Dir> {
+    shard
+        .0
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn split(vpn: u64) -> (u64, usize) {
@@ -206,15 +242,13 @@ impl PteSlot<'_> {
 /// exclusive to the survivor.
 impl Drop for PageTables {
     fn drop(&mut self) {
-        let dir = self
-            .dir
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for page in dir.values() {
-            let Ok(table) = page.ptl.lock() else { continue };
-            for e in &table.entries {
-                if let Pte::Present(p) = e {
-                    p.page.unmap();
+        for shard in self.dir.iter() {
+            for page in read_dir(shard).values() {
+                let Ok(table) = page.ptl.lock() else { continue };
+                for e in &table.entries {
+                    if let Pte::Present(p) = e {
+                        p.page.unmap();
+                    }
                 }
             }
         }
@@ -235,25 +269,21 @@ impl PageTables {
         Self::default()
     }
 
+    fn shard(&self, t: u64) -> &DirShard {
+        &self.dir[(t % DIR_SHARDS as u64) as usize]
+    }
+
     fn table(&self, t: u64, alloc: bool) -> Option<Arc<PtePage>> {
-        {
-            let dir = self
-                .dir
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(p) = dir.get(&t) {
-                return Some(Arc::clone(p));
-            }
+        let shard = self.shard(t);
+        if let Some(p) = read_dir(shard).get(&t) {
+            return Some(Arc::clone(p));
         }
         if !alloc {
             return None;
         }
         // __pte_alloc: allocate under the PMD-level lock, unless another
         // walker did it first.
-        let mut dir = self
-            .dir
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dir = write_dir(shard);
         Some(Arc::clone(dir.entry(t).or_insert_with(|| {
             Arc::new(PtePage {
                 ptl: Mutex::new(PteTable::new()),
@@ -320,15 +350,23 @@ impl PageTables {
         }
         let first = split(start_vpn).0;
         let last = split(end_vpn - 1).0;
-        let pages: Vec<(u64, Arc<PtePage>)> = {
-            let dir = self
-                .dir
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            dir.range(first..=last)
-                .map(|(t, p)| (*t, Arc::clone(p)))
-                .collect()
-        };
+        let mut pages: Vec<(u64, Arc<PtePage>)> = Vec::new();
+        if last - first < DIR_SHARDS as u64 {
+            for t in first..=last {
+                if let Some(p) = read_dir(self.shard(t)).get(&t) {
+                    pages.push((t, Arc::clone(p)));
+                }
+            }
+        } else {
+            for shard in self.dir.iter() {
+                pages.extend(
+                    read_dir(shard)
+                        .range(first..=last)
+                        .map(|(t, p)| (*t, Arc::clone(p))),
+                );
+            }
+            pages.sort_unstable_by_key(|(t, _)| *t);
+        }
         let mut out = Vec::new();
         for (t, page) in pages {
             let table = lock_table(&page);
@@ -365,27 +403,28 @@ impl PageTables {
         if first >= last {
             return;
         }
-        let mut dir = self
-            .dir
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let keys: Vec<u64> = dir.range(first..last).map(|(k, _)| *k).collect();
-        for k in keys {
-            let page = Arc::clone(&dir[&k]);
-            let mut table = lock_table(&page);
-            if table.used == 0 {
-                table.dead = true;
-                dir.remove(&k);
+        let shards: Vec<&DirShard> = if last - first < DIR_SHARDS as u64 {
+            (first..last).map(|t| self.shard(t)).collect()
+        } else {
+            self.dir.iter().collect()
+        };
+        for shard in shards {
+            let mut dir = write_dir(shard);
+            let keys: Vec<u64> = dir.range(first..last).map(|(k, _)| *k).collect();
+            for k in keys {
+                let page = Arc::clone(&dir[&k]);
+                let mut table = lock_table(&page);
+                if table.used == 0 {
+                    table.dead = true;
+                    dir.remove(&k);
+                }
             }
         }
     }
 
     /// Number of page-table pages allocated.
     pub fn table_pages(&self) -> usize {
-        self.dir
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.dir.iter().map(|s| read_dir(s).len()).sum()
     }
 
     /// Resident set by type.

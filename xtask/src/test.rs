@@ -2,8 +2,10 @@
 //!
 //! Lints (rustfmt, clippy on the host crates and on the eBPF crate for its
 //! own target), every crate's tests including the live eBPF tests (which
-//! need root; under `CI=true` a skipped live test fails), and a check that
-//! the installed binary works outside the repository.
+//! need root; under `CI=true` a skipped live test fails), the model
+//! checking of mm-core's locking protocols (loom and shuttle, each its own
+//! build of mm-core with that checker's primitives), and a check that the
+//! installed binary works outside the repository.
 
 use std::{path::Path, process::Command, time::Instant};
 
@@ -71,6 +73,25 @@ pub fn run(o: Options) -> Result<()> {
                 "warnings",
             ]))
         })?;
+        for checker in MODEL_CHECKERS {
+            step(
+                &format!("clippy (mm-core with {})", checker.feature),
+                || {
+                    exec(cargo().current_dir(&root).args([
+                        "clippy",
+                        "-p",
+                        "mm-core",
+                        "--all-targets",
+                        "--locked",
+                        "--features",
+                        checker.feature,
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]))
+                },
+            )?;
+        }
         step("clippy (eBPF crate, bpfel-unknown-none)", || {
             let linker = toolchain::ensure_bpf_linker(&root)?;
             exec(build_ebpf::bpf_cargo(&linker, "clippy")?.args(["--", "-D", "warnings"]))
@@ -84,6 +105,24 @@ pub fn run(o: Options) -> Result<()> {
                 .args(&o.cargo_test_args),
         )
     })?;
+    for checker in MODEL_CHECKERS {
+        step(&format!("model checking ({})", checker.feature), || {
+            let mut c = cargo();
+            c.current_dir(&root).args([
+                "test",
+                "-p",
+                "mm-core",
+                "--release",
+                "--locked",
+                "--features",
+                checker.feature,
+            ]);
+            for t in checker.tests {
+                c.args(["--test", t]);
+            }
+            exec(&mut c)
+        })?;
+    }
     step("install and run outside the repository", || {
         let prefix = root.join("target/xtask-install");
         install::run(install::Options {
@@ -97,6 +136,25 @@ pub fn run(o: Options) -> Result<()> {
     );
     Ok(())
 }
+
+/// A model checker and the test files it runs.
+struct ModelChecker {
+    feature: &'static str,
+    tests: &'static [&'static str],
+}
+
+/// loom for the small protocols (exhaustive up to a preemption bound),
+/// shuttle for the whole engine (randomised and PCT schedules).
+const MODEL_CHECKERS: [ModelChecker; 2] = [
+    ModelChecker {
+        feature: "loom",
+        tests: &["model_vma_lock", "model_mmap_lock"],
+    },
+    ModelChecker {
+        feature: "shuttle",
+        tests: &["model_engine", "model_mmap_lock"],
+    },
+];
 
 /// The installed binary runs from `/` with nothing of the repository around.
 fn check_installed(bin: &Path) -> Result<()> {
