@@ -16,12 +16,14 @@ pub mod fork;
 pub mod gap_index;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod host;
+pub mod lockdep;
 pub mod madvise;
 pub mod mlock;
 pub mod mm;
 pub mod mmap;
 pub mod mmap_lock;
 pub mod mprotect;
+pub mod mpx;
 pub mod mremap;
 pub mod munmap;
 pub mod op;

@@ -39,6 +39,7 @@ use crate::{
         Access, AccessError, FaultEnv, FaultResult, SegvCode, access_error, fault_result,
         hardware_access, needs_anon_vma, pf,
     },
+    lockdep::{Held, LockClass, Lockdep, Mode},
     mm::{Mm, MmConfig},
     mmap_lock::{LockSite, MmapLock},
     op::{Op, Outcome},
@@ -94,6 +95,20 @@ impl std::str::FromStr for FaultStrategy {
                 format!("unknown fault strategy {s:?} (classic, speculative or per-vma)")
             })
     }
+}
+
+/// How /proc/PID/clear_refs takes mmap_lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ClearRefsLocking {
+    /// For write, always (Linux 5.11 and later, "mm: fix clear_refs_write
+    /// locking").
+    #[default]
+    Write,
+    /// Seed 001's scheme (Linux 3.18 to 5.10): for read; a soft-dirty
+    /// clear that finds a VMA with VM_SOFTDIRTY set, whose flags it must
+    /// change, gives up (-EAGAIN inside the kernel) and starts again with
+    /// the lock held for write.
+    ReadThenWrite,
 }
 
 /// Switches that break or stress the protocols on purpose, for the model
@@ -159,9 +174,11 @@ const FALLBACKS: usize = 6;
 const SEGV: usize = 7;
 const SPF_SUCCESS: usize = 8;
 const SPF_ABORT: usize = 9;
+/// Kernel-mode faults: the six kinds from here.
+const KERNEL: usize = 10;
 
 #[derive(Debug, Default)]
-struct FaultCounters(PerCpuCounters<10>);
+struct FaultCounters(PerCpuCounters<16>);
 
 const KINDS: [FaultKind; 6] = [
     FaultKind::ReadNotPresent,
@@ -173,9 +190,9 @@ const KINDS: [FaultKind; 6] = [
 ];
 
 impl FaultCounters {
-    fn count(&self, kind: FaultKind) {
+    fn count(&self, kind: FaultKind, kernel: bool) {
         let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
-        self.0.add(i, 1);
+        self.0.add(if kernel { KERNEL + i } else { i }, 1);
     }
 
     fn add(&self, i: usize) {
@@ -186,10 +203,11 @@ impl FaultCounters {
         self.0.sum(i)
     }
 
-    fn counts(&self) -> FaultCounts {
+    fn counts(&self, kernel: bool) -> FaultCounts {
+        let base = if kernel { KERNEL } else { 0 };
         let mut c = FaultCounts::default();
         for (i, k) in KINDS.iter().enumerate() {
-            c.add(*k, self.0.sum(i));
+            c.add(*k, self.0.sum(base + i));
         }
         c
     }
@@ -222,6 +240,8 @@ pub struct SharedMm {
     pool: Arc<VmaPool>,
     vma_lock: VmaLockCounters,
     faults: FaultCounters,
+    lockdep: Option<std::sync::Arc<Lockdep>>,
+    clear_refs_locking: ClearRefsLocking,
 }
 
 /// Which mmap_lock mode a system call takes, and which page tables it may
@@ -349,6 +369,8 @@ impl SharedMm {
             pool,
             vma_lock: VmaLockCounters::default(),
             faults: FaultCounters::default(),
+            lockdep: None,
+            clear_refs_locking: ClearRefsLocking::default(),
         }
     }
 
@@ -357,6 +379,39 @@ impl SharedMm {
     #[doc(hidden)]
     pub fn set_model_knobs(&mut self, knobs: ModelKnobs) {
         self.knobs = knobs;
+    }
+
+    /// Choose how clear_refs locks.
+    pub fn set_clear_refs_locking(&mut self, l: ClearRefsLocking) {
+        self.clear_refs_locking = l;
+    }
+
+    /// Check lock ordering from now on (see [`Lockdep`]); with
+    /// `panic_on_report`, a thread about to deadlock panics instead.
+    pub fn enable_lockdep(&mut self, panic_on_report: bool) -> std::sync::Arc<Lockdep> {
+        let d = Lockdep::new(panic_on_report);
+        self.lockdep = Some(std::sync::Arc::clone(&d));
+        d
+    }
+
+    /// The lock checker, if enabled.
+    pub fn lockdep(&self) -> Option<&std::sync::Arc<Lockdep>> {
+        self.lockdep.as_ref()
+    }
+
+    /// Tell the lock checker about a lock this thread is about to take.
+    pub(crate) fn ld(&self, class: LockClass, mode: Mode, site: &str) -> Held {
+        match &self.lockdep {
+            Some(d) => d.acquire(class, mode, site),
+            None => Held::untracked(class),
+        }
+    }
+
+    fn ld_mmap(&self, mode: Mode, site: LockSite) -> Held {
+        if self.lockdep.is_none() {
+            return Held::untracked(LockClass::MmapLock);
+        }
+        self.ld(LockClass::MmapLock, mode, site.context().name())
     }
 
     /// The mm's identity (`vma->vm_mm` of its VMAs).
@@ -394,6 +449,7 @@ impl SharedMm {
     /// mmap_lock for read (as /proc readers do): the VMAs, maps text,
     /// invariant checks.
     pub fn with_mm<R>(&self, site: LockSite, f: impl FnOnce(&Mm) -> R) -> R {
+        let _ld = self.ld_mmap(Mode::Read, site);
         let _g = self.lock.read_lock(site);
         f(&self.inner().mm)
     }
@@ -417,13 +473,37 @@ impl SharedMm {
     }
 
     fn syscall(&self, op: &Op) -> Outcome {
-        let l = locking(op);
+        let mut l = locking(op);
+        if let Op::ClearRefs { kind } = *op {
+            if self.clear_refs_locking == ClearRefsLocking::ReadThenWrite {
+                let _ld = self.ld_mmap(Mode::Read, l.site);
+                let _g = self.lock.read_lock(l.site);
+                let mut inner = self.inner();
+                let needs_write = kind == crate::uapi::clear_refs::SOFT_DIRTY
+                    && inner
+                        .mm
+                        .vmas
+                        .iter()
+                        .any(|v| v.flags.contains(crate::vm_flags::VmFlags::SOFTDIRTY));
+                if !needs_write {
+                    // Only page tables change: the walk runs under the
+                    // read lock, PTE locks serialising it with faults.
+                    let Inner { mm, files } = &mut *inner;
+                    let out = mm.apply(op, files);
+                    self.publish(mm, None);
+                    return out;
+                }
+                // -EAGAIN: drop the read lock, retry for write below.
+            }
+            l.write = true;
+        }
         if matches!(op, Op::CreateFile { .. }) {
             let mut inner = self.inner();
             let Inner { mm, files } = &mut *inner;
             return mm.apply(op, files);
         }
         if l.write {
+            let _ld = self.ld_mmap(Mode::Write, l.site);
             let g = self.lock.write_lock(l.site);
             let seq = g.seq();
             let mut inner = self.inner();
@@ -441,6 +521,7 @@ impl SharedMm {
             drop(g);
             out
         } else {
+            let _ld = self.ld_mmap(Mode::Read, l.site);
             let _g = self.lock.read_lock(l.site);
             let mut inner = self.inner();
             let Inner { mm, files } = &mut *inner;
@@ -455,6 +536,7 @@ impl SharedMm {
     /// publish, downgrade to read, and zap the page tables under the read
     /// lock, so that faults elsewhere proceed during the zap.
     pub fn munmap(&self, addr: u64, len: u64) -> Outcome {
+        let ld = self.ld_mmap(Mode::Write, LockSite::Munmap);
         let g = self.lock.write_lock(LockSite::Munmap);
         let seq = g.seq();
         let mut inner = self.inner();
@@ -473,6 +555,7 @@ impl SharedMm {
         let detached = inner.mm.munmap_detach(start, end);
         self.publish(&mut inner.mm, Some(seq));
         drop(inner);
+        ld.downgrade();
         let _r = g.downgrade();
         crate::munmap::zap_detached(&self.pt, &detached, start, end);
         Outcome::Ok(0)
@@ -541,7 +624,8 @@ impl SharedMm {
                 Ok(v) => return Ok(v),
                 Err(code) => code,
             };
-            self.faults.count(FaultKind::from_x86_error_code(code));
+            self.faults
+                .count(FaultKind::from_x86_error_code(code), false);
             if let Err(e) = self.do_user_addr_fault(addr, code) {
                 if matches!(e, AccessError::Segv(_)) {
                     self.faults.add(SEGV);
@@ -584,8 +668,66 @@ impl SharedMm {
         }
     }
 
+    /// An access by the kernel to user memory (copy_to_user and friends,
+    /// e.g. writing a bounds-directory entry): its faults are kernel-mode
+    /// faults, which never use a per-VMA lock or speculation
+    /// (do_user_addr_fault goes straight to lock_mm_and_find_vma), and
+    /// which deadlock if the thread holds mmap_lock for write (the lock
+    /// checker reports that).
+    pub fn access_kernel(&self, addr: u64, access: Access, value: u8) -> Result<u8, AccessError> {
+        for _ in 0..8 {
+            let vma = self.rcu_vma(addr);
+            let code = match hardware_access(
+                &self.pt,
+                &self.config,
+                vma.as_deref(),
+                addr,
+                access,
+                value,
+            ) {
+                Ok(v) => return Ok(v),
+                Err(code) => code & !pf::USER,
+            };
+            if let Some(d) = &self.lockdep {
+                d.fault("kernel access to user memory");
+            }
+            self.faults
+                .count(FaultKind::from_x86_error_code(code), true);
+            self.fault_mmap_locked(addr, code)?;
+        }
+        Err(AccessError::Segv(SegvCode::MapErr))
+    }
+
+    /// The same access with page faults disabled (pagefault_disable(),
+    /// `copy_*_nofault`): it fails instead of faulting.
+    pub fn access_nofault(&self, addr: u64, access: Access, value: u8) -> Result<u8, AccessError> {
+        let vma = self.rcu_vma(addr);
+        hardware_access(&self.pt, &self.config, vma.as_deref(), addr, access, value)
+            .map_err(|_| AccessError::Segv(SegvCode::MapErr))
+    }
+
+    /// Run `f` on the address space under mmap_lock held for write, with
+    /// every VMA write-locked, and publish what it changed (a kernel path
+    /// that holds the lock across several steps, as the original MPX
+    /// design's munmap did).
+    pub fn write_locked<R>(&self, site: LockSite, f: impl FnOnce(&mut Mm) -> R) -> R {
+        let _ld = self.ld_mmap(Mode::Write, site);
+        let g = self.lock.write_lock(site);
+        let seq = g.seq();
+        for obj in overlapping(&self.tree.load(), 0, u64::MAX) {
+            obj.start_write(seq);
+        }
+        let mut inner = self.inner();
+        let r = f(&mut inner.mm);
+        self.publish(&mut inner.mm, Some(seq));
+        r
+    }
+
     /// do_user_addr_fault().
     fn do_user_addr_fault(&self, addr: u64, code: u64) -> Result<(), AccessError> {
+        if let Some(d) = &self.lockdep {
+            d.fault("user fault");
+        }
         match self.strategy {
             FaultStrategy::Classic => {}
             FaultStrategy::PerVma => {
@@ -688,6 +830,7 @@ impl SharedMm {
 
     /// The classic path: lock_mm_and_find_vma() under mmap_lock for read.
     fn fault_mmap_locked(&self, addr: u64, code: u64) -> Result<(), AccessError> {
+        let _ld = self.ld_mmap(Mode::Read, LockSite::Fault);
         let _g = self.lock.read_lock(LockSite::Fault);
         let Some(obj) = self.tree.with(|t| tree_lookup(t, addr)) else {
             return Err(AccessError::Segv(SegvCode::MapErr));
@@ -718,7 +861,7 @@ impl SharedMm {
 
     /// The counters, in the probe's schema.
     pub fn stats(&self) -> EngineStats {
-        let user = self.faults.counts();
+        let user = self.faults.counts(false);
         EngineStats {
             strategy: Some(self.strategy),
             process: ProcessStats {
@@ -726,7 +869,7 @@ impl SharedMm {
                 comm: format!("engine:{}", self.strategy.name()),
                 faults: FaultStats {
                     user,
-                    kernel: FaultCounts::default(),
+                    kernel: self.faults.counts(true),
                     mmap_lock_fallbacks: self.faults.get(FALLBACKS),
                 },
                 mmap_lock: self.lock_stats(),
@@ -758,6 +901,7 @@ impl SharedMm {
     /// own invariants: VMAs ordered and disjoint, every present PTE inside
     /// a VMA that allows its write bit. Returns the first violation.
     pub fn check(&self) -> Result<(), String> {
+        let _ld = self.ld_mmap(Mode::Write, LockSite::Other);
         let _g = self.lock.write_lock(LockSite::Other);
         let inner = self.inner();
         inner.mm.vmas.check()?;

@@ -380,3 +380,42 @@ fn stress_speculative() {
 fn stress_per_vma() {
     stress(FaultStrategy::PerVma, 4, Duration::from_millis(1500), 3);
 }
+
+/// clear_refs under seed 001's scheme: the soft-dirty clear that must
+/// change VM_SOFTDIRTY starts under the read lock and retries for write;
+/// once no VMA has the flag, it runs under the read lock alone. Today's
+/// kernel takes the write lock every time. Both leave the same state.
+#[test]
+fn clear_refs_read_then_write_retry() {
+    use mm_core::shared_mm::ClearRefsLocking;
+    let mut results = Vec::new();
+    for locking in [ClearRefsLocking::Write, ClearRefsLocking::ReadThenWrite] {
+        let mut s = SharedMm::new(MmConfig::default(), FaultStrategy::PerVma);
+        s.set_clear_refs_locking(locking);
+        let a = addr_of(&s.apply(&mmap_anon(0, 4, RW, false)));
+        s.apply(&Op::Write { addr: a, value: 1 });
+        let mut locks = Vec::new();
+        for _ in 0..2 {
+            s.reset_stats();
+            assert_eq!(s.apply(&Op::ClearRefs { kind: 4 }), Outcome::Ok(0));
+            let st = s.stats().process.mmap_lock;
+            locks.push((st.read.acquisitions, st.write.acquisitions));
+        }
+        // The write after the clear faults (write-protected) and marks
+        // the page soft-dirty again.
+        s.reset_stats();
+        s.apply(&Op::Write { addr: a, value: 2 });
+        assert_eq!(s.stats().process.faults.user.write_protection, 1);
+        let pte = s.page_tables().get(a / PS);
+        assert!(pte.present().is_some_and(|p| p.soft_dirty && p.write));
+        s.check().unwrap();
+        results.push((locks, s.with_mm(LockSite::ProcRead, Mm::maps)));
+    }
+    assert_eq!(results[0].0, vec![(0, 1), (0, 1)], "5.11+: write each time");
+    assert_eq!(
+        results[1].0,
+        vec![(1, 1), (1, 0)],
+        "seed 001: read, retry for write; then read only"
+    );
+    assert_eq!(results[0].1, results[1].1);
+}
