@@ -28,8 +28,8 @@ use mm_core::{
 };
 
 const PS: u64 = 4096;
-/// Pages of each faulting thread's VMA (4 GiB: more than a run faults).
-const PAGES: u64 = 1 << 20;
+/// Pages of each faulting thread's VMA (16 GiB: more than a run faults).
+const PAGES: u64 = 1 << 22;
 
 fn mmap(s: &SharedMm, pages: u64) -> u64 {
     match s.apply(&Op::Mmap {
@@ -55,16 +55,20 @@ struct Run {
 
 fn run(strategy: FaultStrategy, threads: usize, churn: bool, dur: Duration) -> Run {
     let s = Arc::new(SharedMm::new(MmConfig::default(), strategy));
-    // Each faulting thread's VMA, with a guard gap so they never merge.
+    // Each faulting thread's VMA, between PROT_NONE pages so that it never
+    // merges with a neighbour (the churn thread's mappings land right
+    // below the lowest one).
     let regions: Vec<u64> = (0..threads)
         .map(|_| {
-            let a = mmap(&s, PAGES + 1);
-            s.apply(&Op::Mprotect {
-                addr: a + PAGES * PS,
-                len: PS,
-                prot: prot::NONE,
-            });
-            a
+            let a = mmap(&s, PAGES + 2);
+            for guard in [a, a + (PAGES + 1) * PS] {
+                s.apply(&Op::Mprotect {
+                    addr: guard,
+                    len: PS,
+                    prot: prot::NONE,
+                });
+            }
+            a + PS
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));

@@ -44,18 +44,18 @@ impl<const N: usize> PerCpuCounters<N> {
         Self::default()
     }
 
-    /// Add `n` to counter `i`.
+    /// Add `n` to counter `i` (wrapping: adding `x as u64` for a negative
+    /// `x` subtracts).
     #[inline]
     pub fn add(&self, i: usize, n: u64) {
         self.stripes[this_cpu()].0[i].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The value of counter `i` (the sum over stripes).
+    /// The value of counter `i` (the wrapping sum over stripes).
     pub fn sum(&self, i: usize) -> u64 {
         self.stripes
             .iter()
-            .map(|s| s.0[i].load(Ordering::Relaxed))
-            .sum()
+            .fold(0u64, |a, s| a.wrapping_add(s.0[i].load(Ordering::Relaxed)))
     }
 
     /// Zero every counter.

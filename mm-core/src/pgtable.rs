@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use crate::{
     addr::PTRS_PER_PTE,
     page::{PageKind, PageRef},
-    sync::{Arc, AtomicU64, Mutex, MutexGuard, Ordering, RwLock},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
 };
 
 /// A PTE marker (`pte_marker` in include/linux/swapops.h).
@@ -125,27 +125,21 @@ pub struct Rss {
     pub shmem: u64,
 }
 
-/// The RSS counters (`mm->rss_stat`, percpu counters in the kernel).
+/// The RSS counters (`mm->rss_stat`, per-CPU counters in the kernel):
+/// anonymous, file, shmem.
 #[derive(Debug, Default)]
-struct RssCounters {
-    anon: AtomicU64,
-    file: AtomicU64,
-    shmem: AtomicU64,
-}
+struct RssCounters(crate::percpu::PerCpuCounters<3>);
 
 impl RssCounters {
     fn account(&self, page: &PageRef, shmem: bool, delta: i64) {
-        let counter = match page.kind() {
+        let i = match page.kind() {
             PageKind::Zero => return,
-            PageKind::Anon => &self.anon,
-            PageKind::File { .. } if shmem => &self.shmem,
-            PageKind::File { .. } => &self.file,
+            PageKind::Anon => 0,
+            PageKind::File { .. } if shmem => 2,
+            PageKind::File { .. } => 1,
         };
-        if delta >= 0 {
-            counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-        } else {
-            counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-        }
+        // Two's complement: a stripe may go "negative"; the sum is right.
+        self.0.add(i, delta as u64);
     }
 }
 
@@ -302,6 +296,22 @@ impl PageTables {
         f: impl FnOnce(&mut PteSlot<'_>) -> R,
     ) -> Option<R> {
         let (t, index) = split(vpn);
+        let shard = self.shard(t);
+        {
+            // The fast path: the directory shard stays read-locked while
+            // the page-table page is locked, so the page cannot be freed
+            // under us (free_empty takes the shard for write first).
+            let dir = read_dir(shard);
+            if let Some(page) = dir.get(&t) {
+                let mut table = lock_table(page);
+                let mut slot = PteSlot {
+                    table: &mut table,
+                    index,
+                    rss: &self.rss,
+                };
+                return Some(f(&mut slot));
+            }
+        }
         loop {
             let page = self.table(t, alloc)?;
             let mut table = lock_table(&page);
@@ -430,9 +440,9 @@ impl PageTables {
     /// Resident set by type.
     pub fn rss(&self) -> Rss {
         Rss {
-            anon: self.rss.anon.load(Ordering::Relaxed),
-            file: self.rss.file.load(Ordering::Relaxed),
-            shmem: self.rss.shmem.load(Ordering::Relaxed),
+            anon: self.rss.0.sum(0),
+            file: self.rss.0.sum(1),
+            shmem: self.rss.0.sum(2),
         }
     }
 }
