@@ -78,13 +78,17 @@ pub enum LockSite {
     ClearRefs,
     /// A read(2) of /proc/PID/maps, smaps, pagemap...
     ProcRead,
+    /// mlock2(2).
+    Mlock,
+    /// munlock(2).
+    Munlock,
     /// Anything else.
     Other,
 }
 
 impl LockSite {
     /// All sites, in index order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Fault,
         Self::Mmap,
         Self::Munmap,
@@ -95,6 +99,8 @@ impl LockSite {
         Self::Fork,
         Self::ClearRefs,
         Self::ProcRead,
+        Self::Mlock,
+        Self::Munlock,
         Self::Other,
     ];
 
@@ -118,6 +124,8 @@ impl LockSite {
             Self::Mremap => (25, "mremap"),
             Self::Madvise => (28, "madvise"),
             Self::Fork => (57, "fork"),
+            Self::Munlock => (151, "munlock"),
+            Self::Mlock => (325, "mlock2"),
         };
         LockContext::Syscall {
             nr,
@@ -977,7 +985,7 @@ mod tests {
 
     #[test]
     fn site_contexts() {
-        assert_eq!(LockSite::ALL.len(), 11);
+        assert_eq!(LockSite::ALL.len(), 13);
         for (i, s) in LockSite::ALL.into_iter().enumerate() {
             assert_eq!(s.index(), i);
         }
@@ -996,6 +1004,8 @@ mod tests {
         assert_eq!(LockSite::Mremap.context(), sys(25, "mremap"));
         assert_eq!(LockSite::Madvise.context(), sys(28, "madvise"));
         assert_eq!(LockSite::Fork.context(), sys(57, "fork"));
+        assert_eq!(LockSite::Munlock.context(), sys(151, "munlock"));
+        assert_eq!(LockSite::Mlock.context(), sys(325, "mlock2"));
     }
 
     #[test]

@@ -289,9 +289,8 @@ fn locking(op: &Op) -> SyscallLocking {
             );
             (LockSite::Madvise, !read, vec![span(addr, len)])
         }
-        Op::Mlock { addr, len, .. } | Op::Munlock { addr, len } => {
-            (LockSite::Other, true, vec![span(addr, len)])
-        }
+        Op::Mlock { addr, len, .. } => (LockSite::Mlock, true, vec![span(addr, len)]),
+        Op::Munlock { addr, len } => (LockSite::Munlock, true, vec![span(addr, len)]),
         Op::Mremap {
             old_addr,
             old_len,
@@ -609,18 +608,17 @@ impl SharedMm {
         }
     }
 
+    /// The MMU on the published VMA tree: the access completes, or the
+    /// error code of the fault it raises.
+    fn mmu(&self, addr: u64, access: Access, value: u8) -> Result<u8, u64> {
+        let vma = self.rcu_vma(addr);
+        hardware_access(&self.pt, &self.config, vma.as_deref(), addr, access, value)
+    }
+
     /// One access, with as many faults as it takes.
     pub fn access(&self, addr: u64, access: Access, value: u8) -> Result<u8, AccessError> {
         for _ in 0..8 {
-            let vma = self.rcu_vma(addr);
-            let code = match hardware_access(
-                &self.pt,
-                &self.config,
-                vma.as_deref(),
-                addr,
-                access,
-                value,
-            ) {
+            let code = match self.mmu(addr, access, value) {
                 Ok(v) => return Ok(v),
                 Err(code) => code,
             };
@@ -636,8 +634,7 @@ impl SharedMm {
         // Eight faults in a row on one access: the PTE keeps being taken
         // away by other threads. The kernel would keep retrying; report
         // the last state instead of spinning.
-        let vma = self.rcu_vma(addr);
-        hardware_access(&self.pt, &self.config, vma.as_deref(), addr, access, value)
+        self.mmu(addr, access, value)
             .map_err(|_| AccessError::Segv(SegvCode::MapErr))
     }
 
@@ -676,15 +673,7 @@ impl SharedMm {
     /// checker reports that).
     pub fn access_kernel(&self, addr: u64, access: Access, value: u8) -> Result<u8, AccessError> {
         for _ in 0..8 {
-            let vma = self.rcu_vma(addr);
-            let code = match hardware_access(
-                &self.pt,
-                &self.config,
-                vma.as_deref(),
-                addr,
-                access,
-                value,
-            ) {
+            let code = match self.mmu(addr, access, value) {
                 Ok(v) => return Ok(v),
                 Err(code) => code & !pf::USER,
             };
@@ -701,8 +690,7 @@ impl SharedMm {
     /// The same access with page faults disabled (pagefault_disable(),
     /// `copy_*_nofault`): it fails instead of faulting.
     pub fn access_nofault(&self, addr: u64, access: Access, value: u8) -> Result<u8, AccessError> {
-        let vma = self.rcu_vma(addr);
-        hardware_access(&self.pt, &self.config, vma.as_deref(), addr, access, value)
+        self.mmu(addr, access, value)
             .map_err(|_| AccessError::Segv(SegvCode::MapErr))
     }
 
@@ -772,13 +760,7 @@ impl SharedMm {
             self.vma_lock.retry();
             return None;
         }
-        let env = FaultEnv {
-            pt: &self.pt,
-            config: &self.config,
-            vma: &vma,
-            validate: &|| true,
-        };
-        let r = env.handle_mm_fault(addr, write);
+        let r = self.handle(&vma, addr, write, &|| true);
         drop(guard);
         self.vma_lock.success();
         Some(fault_result(r))
@@ -816,13 +798,7 @@ impl SharedMm {
         }
         let skip = self.knobs.spf_skip_commit_validation;
         let validate = || skip || valid(&obj);
-        let env = FaultEnv {
-            pt: &self.pt,
-            config: &self.config,
-            vma: &vma,
-            validate: &validate,
-        };
-        match env.handle_mm_fault(addr, write) {
+        match self.handle(&vma, addr, write, &validate) {
             FaultResult::Done => Some(Ok(())),
             FaultResult::Retry | FaultResult::Segv | FaultResult::Bus => None,
         }
@@ -850,13 +826,24 @@ impl SharedMm {
             obj.set_vma(v);
             vma = obj.vma().expect("just set");
         }
-        let env = FaultEnv {
+        fault_result(self.handle(&vma, addr, write, &|| true))
+    }
+
+    /// handle_mm_fault() on a copy of the VMA (see [`FaultEnv`]).
+    fn handle(
+        &self,
+        vma: &Vma,
+        addr: u64,
+        write: bool,
+        validate: &dyn Fn() -> bool,
+    ) -> FaultResult {
+        FaultEnv {
             pt: &self.pt,
             config: &self.config,
-            vma: &vma,
-            validate: &|| true,
-        };
-        fault_result(env.handle_mm_fault(addr, write))
+            vma,
+            validate,
+        }
+        .handle_mm_fault(addr, write)
     }
 
     /// The counters, in the probe's schema.

@@ -80,21 +80,29 @@ fn both(f: impl Fn() + Send + Sync + 'static) {
 #[test]
 fn transient_vm_flags_never_cause_a_spurious_sigsegv() {
     both(|| {
-        let s = setup(ModelKnobs {
-            transient_flag_writes: true,
-            ..ModelKnobs::default()
-        });
-        let out = race(
-            &s,
-            Op::Madvise {
-                addr: BASE,
-                len: 4 * PS,
-                advice: madv::RANDOM,
-            },
-        );
-        assert_eq!(out, Outcome::Value(0), "spurious SIGSEGV");
+        let s = transient_flags_race(false);
         assert_eq!(s.apply(&Op::Read { addr: BASE + PS }), Outcome::Value(5));
     });
+}
+
+/// A speculative write fault against MADV_RANDOM written through
+/// transient flags; the fault must complete.
+fn transient_flags_race(spf_signal_unvalidated: bool) -> Arc<SharedMm> {
+    let s = setup(ModelKnobs {
+        transient_flag_writes: true,
+        spf_signal_unvalidated,
+        ..ModelKnobs::default()
+    });
+    let out = race(
+        &s,
+        Op::Madvise {
+            addr: BASE,
+            len: 4 * PS,
+            advice: madv::RANDOM,
+        },
+    );
+    assert_eq!(out, Outcome::Value(0), "spurious SIGSEGV");
+    s
 }
 
 /// The broken design: a speculative fault that trusts an unvalidated VMA
@@ -103,20 +111,7 @@ fn transient_vm_flags_never_cause_a_spurious_sigsegv() {
 #[should_panic(expected = "spurious SIGSEGV")]
 fn unvalidated_speculative_fault_raises_spurious_sigsegv() {
     both(|| {
-        let s = setup(ModelKnobs {
-            transient_flag_writes: true,
-            spf_signal_unvalidated: true,
-            ..ModelKnobs::default()
-        });
-        let out = race(
-            &s,
-            Op::Madvise {
-                addr: BASE,
-                len: 4 * PS,
-                advice: madv::RANDOM,
-            },
-        );
-        assert_eq!(out, Outcome::Value(0), "spurious SIGSEGV");
+        transient_flags_race(true);
     });
 }
 
