@@ -128,19 +128,16 @@ impl Mm {
             return Err(AccessError::Segv(c));
         }
         let write = code & pf::WRITE != 0;
-        if needs_anon_vma(vma, write) {
-            self.anon_vma_prepare(vma.start);
-        }
-        let r = self.handle_mm_fault(addr, write);
-        fault_result(r)
+        fault_result(self.handle_mm_fault(addr, write))
     }
 
     /// handle_mm_fault() for `addr` in a VMA whose access was already
-    /// checked and whose anon_vma is prepared if the fault needs one. Also
+    /// checked; prepares the anon_vma first if the fault needs one. Also
     /// used by populate (GUP), which does not count faults.
     pub(crate) fn handle_mm_fault(&mut self, addr: u64, write: bool) -> FaultResult {
-        if needs_anon_vma(self.vmas.lookup(addr).expect("checked"), write) {
-            let start = self.vmas.lookup(addr).expect("checked").start;
+        let v = self.vmas.lookup(addr).expect("checked");
+        if needs_anon_vma(v, write) {
+            let start = v.start;
             self.anon_vma_prepare(start);
         }
         let vma = self.vmas.lookup(addr).expect("checked").clone();

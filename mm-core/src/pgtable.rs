@@ -18,9 +18,9 @@
 //! shards, each a reader-writer lock taken for write only to allocate or
 //! free a page-table page (the kernel's `pmd_lock`, one per PMD table), so
 //! a thread allocating page tables in one place does not stall walkers
-//! elsewhere. A page-table page
-//! freed while a walker was about to lock it is marked dead, and the walker
-//! looks it up again, as `pte_offset_map_lock` rechecks `pmd_same`.
+//! elsewhere. A walker keeps its shard read-locked while it holds a
+//! page-table page's lock, so the page cannot be freed under it (the
+//! kernel's `pte_offset_map_lock` rechecks `pmd_same` for the same reason).
 //!
 //! All methods take `&self`; the single-threaded engine uses the same code
 //! (an uncontended lock costs tens of nanoseconds).
@@ -93,9 +93,6 @@ struct PteTable {
     entries: Vec<Pte>,
     /// Non-empty entries.
     used: u16,
-    /// Freed from the directory: a walker that locked it late must look
-    /// the page up again.
-    dead: bool,
 }
 
 impl PteTable {
@@ -103,7 +100,6 @@ impl PteTable {
         Self {
             entries: vec![Pte::None; PTRS_PER_PTE as usize],
             used: 0,
-            dead: false,
         }
     }
 }
@@ -267,24 +263,6 @@ impl PageTables {
         &self.dir[(t % DIR_SHARDS as u64) as usize]
     }
 
-    fn table(&self, t: u64, alloc: bool) -> Option<Arc<PtePage>> {
-        let shard = self.shard(t);
-        if let Some(p) = read_dir(shard).get(&t) {
-            return Some(Arc::clone(p));
-        }
-        if !alloc {
-            return None;
-        }
-        // __pte_alloc: allocate under the PMD-level lock, unless another
-        // walker did it first.
-        let mut dir = write_dir(shard);
-        Some(Arc::clone(dir.entry(t).or_insert_with(|| {
-            Arc::new(PtePage {
-                ptl: Mutex::new(PteTable::new()),
-            })
-        })))
-    }
-
     /// pte_offset_map_lock(): run `f` on the entry for `vpn` with its
     /// page-table page locked. With `alloc`, a missing page-table page is
     /// allocated; without, `None` is returned when there is none (the
@@ -297,34 +275,32 @@ impl PageTables {
     ) -> Option<R> {
         let (t, index) = split(vpn);
         let shard = self.shard(t);
-        {
-            // The fast path: the directory shard stays read-locked while
-            // the page-table page is locked, so the page cannot be freed
-            // under us (free_empty takes the shard for write first).
-            let dir = read_dir(shard);
-            if let Some(page) = dir.get(&t) {
-                let mut table = lock_table(page);
-                let mut slot = PteSlot {
-                    table: &mut table,
-                    index,
-                    rss: &self.rss,
-                };
-                return Some(f(&mut slot));
-            }
-        }
         loop {
-            let page = self.table(t, alloc)?;
-            let mut table = lock_table(&page);
-            if table.dead {
-                // Freed between the lookup and the lock: look again.
-                continue;
+            {
+                // The shard stays read-locked while the page-table page
+                // is locked, so the page cannot be freed under us
+                // (free_empty takes the shard for write first).
+                let dir = read_dir(shard);
+                if let Some(page) = dir.get(&t) {
+                    let mut table = lock_table(page);
+                    let mut slot = PteSlot {
+                        table: &mut table,
+                        index,
+                        rss: &self.rss,
+                    };
+                    return Some(f(&mut slot));
+                }
             }
-            let mut slot = PteSlot {
-                table: &mut table,
-                index,
-                rss: &self.rss,
-            };
-            return Some(f(&mut slot));
+            if !alloc {
+                return None;
+            }
+            // __pte_alloc: allocate under the PMD-level lock, unless
+            // another walker did it first; then walk again.
+            write_dir(shard).entry(t).or_insert_with(|| {
+                Arc::new(PtePage {
+                    ptl: Mutex::new(PteTable::new()),
+                })
+            });
         }
     }
 
@@ -422,10 +398,9 @@ impl PageTables {
             let mut dir = write_dir(shard);
             let keys: Vec<u64> = dir.range(first..last).map(|(k, _)| *k).collect();
             for k in keys {
-                let page = Arc::clone(&dir[&k]);
-                let mut table = lock_table(&page);
-                if table.used == 0 {
-                    table.dead = true;
+                // `range` may still read a removed page it found before;
+                // it is empty, so it yields nothing.
+                if lock_table(&dir[&k]).used == 0 {
                     dir.remove(&k);
                 }
             }

@@ -45,7 +45,7 @@ use crate::{
     op::{Op, Outcome},
     percpu::PerCpuCounters,
     pgtable::PageTables,
-    stats::{FaultCounts, FaultKind, FaultStats, MmapLockStats, ProcessStats},
+    stats::{FaultCounts, FaultKind, FaultStats, ProcessStats},
     sync::{Arc, Mutex},
     uapi::{madv, map, mremap as mremap_flags},
     vma::Vma,
@@ -859,7 +859,7 @@ impl SharedMm {
                     kernel: self.faults.counts(true),
                     mmap_lock_fallbacks: self.faults.get(FALLBACKS),
                 },
-                mmap_lock: self.lock_stats(),
+                mmap_lock: self.lock.stats(),
                 contexts: self.lock.context_stats(),
                 ..ProcessStats::default()
             },
@@ -870,10 +870,6 @@ impl SharedMm {
             },
             segv: self.faults.get(SEGV),
         }
-    }
-
-    fn lock_stats(&self) -> MmapLockStats {
-        self.lock.stats()
     }
 
     /// Zero every counter.
