@@ -31,14 +31,17 @@ pub mod page;
 pub mod percpu;
 pub mod pgtable;
 pub mod proc;
+pub mod replay;
 pub mod shared_mm;
 pub mod stats;
 pub mod sync;
+pub mod trace;
 pub mod uapi;
 pub mod vm_flags;
 pub mod vma;
 pub mod vma_lock;
 pub mod vma_merge;
+pub mod workload;
 
 pub use errno::{Errno, KResult};
 pub use mm::{Mm, MmConfig};

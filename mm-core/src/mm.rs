@@ -91,6 +91,12 @@ pub struct Mm {
     pub(crate) start_brk: u64,
     pub(crate) brk: u64,
     pub(crate) counters: MmCounters,
+    /// Leave mmap's populate (MAP_POPULATE, MAP_LOCKED) to the caller,
+    /// which runs it after dropping mmap_lock for write, as
+    /// vm_mmap_pgoff() does: set by the concurrent engine.
+    pub(crate) defer_populate: bool,
+    /// The range a deferred populate is owed for.
+    pub(crate) deferred_populate: Option<(u64, u64)>,
 }
 
 impl Default for Mm {
@@ -110,6 +116,8 @@ impl Mm {
             start_brk,
             brk: start_brk,
             counters: MmCounters::default(),
+            defer_populate: false,
+            deferred_populate: None,
         }
     }
 

@@ -214,7 +214,11 @@ impl Mm {
 
         let locked = vm_flags.contains(VmFlags::LOCKED);
         if locked || flags & (map::POPULATE | map::NONBLOCK) == map::POPULATE {
-            let _ = self.populate(addr, end, true);
+            if self.defer_populate {
+                self.deferred_populate = Some((addr, end));
+            } else {
+                let _ = self.populate(addr, end, true);
+            }
         }
         Ok(addr)
     }

@@ -39,49 +39,61 @@ pub mod pm {
 /// Width of the maps header before the name column (64-bit).
 const NAME_COLUMN: usize = 72;
 
+/// The name maps prints for a VMA (get_vma_name), if any, given the brk
+/// area `[start_brk, brk)`.
+fn vma_name(v: &Vma, start_brk: u64, brk: u64) -> Option<String> {
+    if let Some(f) = &v.file {
+        return Some(f.path().replace('\n', "\\012"));
+    }
+    // vma_is_initial_heap: strict overlap with [start_brk, brk).
+    if v.start < brk && v.end > start_brk {
+        return Some("[heap]".into());
+    }
+    match &v.name {
+        Some(VmaName::Stack) => Some("[stack]".into()),
+        Some(VmaName::Anon(n)) => Some(format!("[anon:{n}]")),
+        None => None,
+    }
+}
+
+/// One line of /proc/PID/maps, with its newline (show_map_vma), given the
+/// brk area `[start_brk, brk)`.
+pub fn maps_line(v: &Vma, start_brk: u64, brk: u64) -> String {
+    let (pgoff, (major, minor), inode) = match &v.file {
+        Some(f) => (v.pgoff << PAGE_SHIFT, f.dev(), f.inode()),
+        None => (0, (0, 0), 0),
+    };
+    let perms = v.flags.perms();
+    let mut line = format!(
+        "{:08x}-{:08x} {} {:08x} {:02x}:{:02x} {} ",
+        v.start,
+        v.end,
+        std::str::from_utf8(&perms).expect("ascii"),
+        pgoff,
+        major,
+        minor,
+        inode
+    );
+    if let Some(name) = vma_name(v, start_brk, brk) {
+        while line.len() < NAME_COLUMN {
+            line.push(' ');
+        }
+        line.push(' ');
+        line.push_str(&name);
+    }
+    line.push('\n');
+    line
+}
+
 impl Mm {
     /// The name maps prints for a VMA (get_vma_name), if any.
     fn vma_name(&self, v: &Vma) -> Option<String> {
-        if let Some(f) = &v.file {
-            return Some(f.path().replace('\n', "\\012"));
-        }
-        // vma_is_initial_heap: strict overlap with [start_brk, brk).
-        if v.start < self.brk && v.end > self.start_brk {
-            return Some("[heap]".into());
-        }
-        match &v.name {
-            Some(VmaName::Stack) => Some("[stack]".into()),
-            Some(VmaName::Anon(n)) => Some(format!("[anon:{n}]")),
-            None => None,
-        }
+        vma_name(v, self.start_brk, self.brk)
     }
 
     /// One line of /proc/PID/maps, with its newline.
     pub fn maps_line(&self, v: &Vma) -> String {
-        let (pgoff, (major, minor), inode) = match &v.file {
-            Some(f) => (v.pgoff << PAGE_SHIFT, f.dev(), f.inode()),
-            None => (0, (0, 0), 0),
-        };
-        let perms = v.flags.perms();
-        let mut line = format!(
-            "{:08x}-{:08x} {} {:08x} {:02x}:{:02x} {} ",
-            v.start,
-            v.end,
-            std::str::from_utf8(&perms).expect("ascii"),
-            pgoff,
-            major,
-            minor,
-            inode
-        );
-        if let Some(name) = self.vma_name(v) {
-            while line.len() < NAME_COLUMN {
-                line.push(' ');
-            }
-            line.push(' ');
-            line.push_str(&name);
-        }
-        line.push('\n');
-        line
+        maps_line(v, self.start_brk, self.brk)
     }
 
     /// /proc/PID/maps.

@@ -351,7 +351,8 @@ impl SharedMm {
     /// An empty address space whose VMA objects come from `pool`, which
     /// other address spaces may share (as they share the kernel's slab).
     pub fn with_pool(config: MmConfig, strategy: FaultStrategy, pool: Arc<VmaPool>) -> Self {
-        let mm = Mm::new(config.clone());
+        let mut mm = Mm::new(config.clone());
+        mm.defer_populate = true;
         let pt = std::sync::Arc::clone(&mm.pt);
         Self {
             id: NEXT_MM_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -454,13 +455,13 @@ impl SharedMm {
     }
 
     /// One operation: a system call, or an access with its faults.
-    /// [`Op::Fork`] is not supported on a shared address space (EINVAL).
+    /// [`Op::Fork`] forks a child that exits at once ([`Self::fork`]).
     pub fn apply(&self, op: &Op) -> Outcome {
         let r = match *op {
             Op::Read { addr } => self.access(addr, Access::Read, 0),
             Op::Write { addr, value } => self.access(addr, Access::Write, value).map(|_| 0),
             Op::Exec { addr } => self.access(addr, Access::Exec, 0).map(|_| 0),
-            Op::Fork => return Outcome::Err(crate::Errno::EINVAL),
+            Op::Fork => return self.fork(),
             Op::Munmap { addr, len } => return self.munmap(addr, len),
             _ => return self.syscall(op),
         };
@@ -516,8 +517,18 @@ impl SharedMm {
             let Inner { mm, files } = &mut *inner;
             let out = mm.apply(op, files);
             self.publish(mm, Some(seq));
+            let populate = mm.deferred_populate.take();
             drop(inner);
             drop(g);
+            if let Some((start, end)) = populate {
+                // vm_mmap_pgoff(): mm_populate() after mmap_write_unlock(),
+                // under mmap_lock for read (__mm_populate).
+                let _ld = self.ld_mmap(Mode::Read, l.site);
+                let _g = self.lock.read_lock(l.site);
+                let mut inner = self.inner();
+                let _ = inner.mm.populate(start, end, true);
+                self.publish(&mut inner.mm, None);
+            }
             out
         } else {
             let _ld = self.ld_mmap(Mode::Read, l.site);
@@ -528,6 +539,57 @@ impl SharedMm {
             self.publish(mm, None);
             out
         }
+    }
+
+    /// brk(2) (mm/mmap.c): mmap_lock for write; the VMAs between the old
+    /// and the new break are write-locked. Returns the new break (or the
+    /// old one when it cannot move).
+    pub fn brk(&self, addr: u64) -> u64 {
+        let _ld = self.ld_mmap(Mode::Write, LockSite::Brk);
+        let g = self.lock.write_lock(LockSite::Brk);
+        let seq = g.seq();
+        let mut inner = self.inner();
+        let old = inner.mm.brk_value();
+        let (lo, hi) = (
+            old.min(addr) & !4095,
+            old.max(addr).saturating_add(4095) & !4095,
+        );
+        for obj in overlapping(&self.tree.load(), lo.saturating_sub(4096), hi) {
+            obj.start_write(seq);
+        }
+        let r = inner.mm.brk(addr);
+        self.publish(&mut inner.mm, Some(seq));
+        r
+    }
+
+    /// Place the brk area (mm->start_brk and mm->brk), e.g. where a
+    /// recorded process had it. Only before anything is mapped there.
+    pub fn set_brk_area(&self, start_brk: u64, brk: u64) {
+        let mut inner = self.inner();
+        inner.mm.start_brk = start_brk;
+        inner.mm.brk = brk;
+    }
+
+    /// fork(2) by one thread, the child exiting at once (kernel/fork.c
+    /// dup_mmap): mmap_lock for write and every VMA write-locked while the
+    /// address space is copied; the parent's private writable PTEs become
+    /// read-only, so its next writes to them are copy-on-write faults
+    /// (which reuse the page once the child is gone).
+    pub fn fork(&self) -> Outcome {
+        let _ld = self.ld_mmap(Mode::Write, LockSite::Fork);
+        let g = self.lock.write_lock(LockSite::Fork);
+        let seq = g.seq();
+        for obj in overlapping(&self.tree.load(), 0, u64::MAX) {
+            obj.start_write(seq);
+        }
+        let mut inner = self.inner();
+        let child = inner.mm.fork();
+        self.publish(&mut inner.mm, Some(seq));
+        drop(inner);
+        drop(g);
+        // The child's exit_mmap(): its own lock, not the parent's.
+        drop(child);
+        Outcome::Ok(0)
     }
 
     /// munmap(2) as 6.18 runs it (mm/vma.c do_vmi_align_munmap with
@@ -733,6 +795,69 @@ impl SharedMm {
         }
         self.faults.add(FALLBACKS);
         self.fault_mmap_locked(addr, code)
+    }
+
+    /// A read of /proc/PID/maps. Under per-VMA locks this is 6.17's
+    /// lock-free reader (fs/proc/task_mmu.c lock_next_vma): each VMA of
+    /// the RCU-published tree is read-locked in turn with
+    /// vma_start_read(); one that is being written (or was replaced) makes
+    /// the reader take mmap_lock for read for the rest. The other
+    /// strategies (kernels before per-VMA locks) hold mmap_lock for read.
+    pub fn proc_maps(&self) -> String {
+        if self.strategy == FaultStrategy::PerVma {
+            let tree = self.tree.load();
+            let seq = || self.lock.mm_lock_seq();
+            let mut out = String::new();
+            let mut clean = true;
+            for (start, (end, obj)) in tree.iter() {
+                let Ok(_guard) =
+                    crate::vma_lock::vma_start_read(obj, self.id, &seq, self.knobs.rcu)
+                else {
+                    clean = false;
+                    break;
+                };
+                match obj.vma() {
+                    Some(v) if (v.start, v.end) == (*start, *end) => {
+                        out.push_str(&crate::proc::maps_line(
+                            &v,
+                            self.config.start_brk,
+                            self.config.start_brk,
+                        ));
+                    }
+                    _ => {
+                        clean = false;
+                        break;
+                    }
+                }
+            }
+            if clean {
+                return out;
+            }
+        }
+        self.with_mm(LockSite::ProcRead, Mm::maps)
+    }
+
+    /// A read of /proc/PID/pagemap for `[addr, addr + len)` (pagemap_read):
+    /// mmap_lock for read once to untag the address, then once per
+    /// PMD-sized, PMD-aligned chunk of the range. Returns the entries.
+    pub fn proc_pagemap(&self, addr: u64, len: u64) -> Vec<u64> {
+        const WALK: u64 = 2 << 20;
+        self.with_mm(LockSite::ProcRead, |_| ());
+        let end = addr + len;
+        let mut out = Vec::with_capacity((len / 4096) as usize);
+        let mut a = addr;
+        while a < end {
+            let chunk_end = ((a + WALK) & !(WALK - 1)).min(end);
+            self.with_mm(LockSite::ProcRead, |m| {
+                let mut p = a;
+                while p < chunk_end {
+                    out.push(m.pagemap(p));
+                    p += 4096;
+                }
+            });
+            a = chunk_end;
+        }
+        out
     }
 
     /// The per-VMA lock path; None: go to mmap_lock.

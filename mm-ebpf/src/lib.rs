@@ -49,7 +49,8 @@ pub mod maps {
     pub const EXITED: &str = "EXITED";
     /// `PerCpuArray<u64>`, indexed by [`super::counters`].
     pub const COUNTERS: &str = "COUNTERS";
-    /// `RingBuf` of [`super::Event`]
+    /// `RingBuf` of [`super::Event`] and [`super::SyscallEvent`] records
+    /// (tell them apart by [`super::EventHeader::kind`]).
     pub const EVENTS: &str = "EVENTS";
     /// `LruHashMap<u32 /* tid */, ThreadState>`: kernel-only (holds mm
     /// pointers); mm-probe never reads it.
@@ -59,6 +60,10 @@ pub mod maps {
     /// `Array<u64>`, one entry: bumped whenever a process's traced verdict
     /// may have changed (exit, exec, a pid added to the filter).
     pub const EPOCH: &str = "EPOCH";
+    /// `LruHashMap<u32 /* tid */, SyscallEntry>`: kernel-only; the mm
+    /// syscall each thread is in, with its arguments (only with
+    /// [`super::event_mask::SYSCALLS`]).
+    pub const SYSCALL_ENTRIES: &str = "SYSCALL_ENTRIES";
 }
 
 /// Global variables (`.rodata`) the loader sets before the programs are
@@ -129,7 +134,85 @@ pub mod event_mask {
     pub const FAULTS: u32 = 1;
     /// One [`super::Event`] per mmap_lock release or failed acquisition.
     pub const LOCKS: u32 = 2;
+    /// One [`super::SyscallEvent`] per completed mm system call (see
+    /// [`super::is_mm_syscall`]), with its arguments and return value.
+    /// Needs the sys_enter and sys_exit programs.
+    pub const SYSCALLS: u32 = 4;
 }
+
+/// x86_64 numbers of the system calls that [`event_mask::SYSCALLS`]
+/// records: the ones that change or lock an address space, and the ones
+/// that create one (clone and fork copy or share it).
+pub mod mm_syscalls {
+    /// mmap(2)
+    pub const MMAP: i64 = 9;
+    /// mprotect(2)
+    pub const MPROTECT: i64 = 10;
+    /// munmap(2)
+    pub const MUNMAP: i64 = 11;
+    /// brk(2)
+    pub const BRK: i64 = 12;
+    /// mremap(2)
+    pub const MREMAP: i64 = 25;
+    /// madvise(2)
+    pub const MADVISE: i64 = 28;
+    /// clone(2)
+    pub const CLONE: i64 = 56;
+    /// fork(2)
+    pub const FORK: i64 = 57;
+    /// vfork(2)
+    pub const VFORK: i64 = 58;
+    /// mlock(2)
+    pub const MLOCK: i64 = 149;
+    /// munlock(2)
+    pub const MUNLOCK: i64 = 150;
+    /// mlockall(2)
+    pub const MLOCKALL: i64 = 151;
+    /// munlockall(2)
+    pub const MUNLOCKALL: i64 = 152;
+    /// mlock2(2)
+    pub const MLOCK2: i64 = 325;
+    /// clone3(2)
+    pub const CLONE3: i64 = 435;
+    /// process_madvise(2)
+    pub const PROCESS_MADVISE: i64 = 440;
+    /// Bit `n` set for each of the above below 64.
+    pub const LOW_MASK: u64 = (1 << MMAP)
+        | (1 << MPROTECT)
+        | (1 << MUNMAP)
+        | (1 << BRK)
+        | (1 << MREMAP)
+        | (1 << MADVISE)
+        | (1 << CLONE)
+        | (1 << FORK)
+        | (1 << VFORK);
+}
+
+/// Whether `nr` is one of the [`mm_syscalls`]. Written for the eBPF hot
+/// path: a syscall below 64 (most of the frequent ones) costs one compare
+/// and one bit test.
+#[inline(always)]
+pub const fn is_mm_syscall(nr: i64) -> bool {
+    use mm_syscalls::*;
+    if (nr as u64) < 64 {
+        return (LOW_MASK >> nr) & 1 != 0;
+    }
+    (nr >= MLOCK && nr <= MUNLOCKALL) || nr == MLOCK2 || nr == CLONE3 || nr == PROCESS_MADVISE
+}
+
+/// Byte offsets in x86_64's `struct pt_regs` (arch/x86/include/asm/ptrace.h)
+/// of the six system call argument registers, in argument order: di, si,
+/// dx, r10, r8, r9. mm-probe checks them against the kernel's BTF before it
+/// enables [`event_mask::SYSCALLS`].
+pub const X86_64_SYSCALL_ARG_OFFSETS: [u64; 6] = [112, 104, 96, 56, 72, 64];
+/// Names of those registers, as BTF spells the members.
+pub const X86_64_SYSCALL_ARG_REGS: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
+/// The argument registers lie in `pt_regs` bytes
+/// `[REGS_ARGS_START, REGS_ARGS_START + 8 * REGS_ARGS_WORDS)`; the programs
+/// read that span with one helper call.
+pub const REGS_ARGS_START: u64 = 56;
+/// See [`REGS_ARGS_START`].
+pub const REGS_ARGS_WORDS: usize = 8;
 
 /// Indices into the `COUNTERS` per-CPU array. Every one of these is reported
 /// by mm-probe; the ones marked "lost" mean an event was not aggregated.
@@ -420,6 +503,8 @@ pub mod event_kind {
     pub const LOCK_RELEASE: u16 = 2;
     /// A failed acquisition: `a` = wait ns (0 for trylock).
     pub const LOCK_FAILED: u16 = 3;
+    /// A completed mm system call: the record is a [`super::SyscallEvent`].
+    pub const SYSCALL: u16 = 4;
 }
 
 /// Bits of [`Event::flags`] for lock events.
@@ -458,6 +543,66 @@ pub struct Event {
     pub b: u64,
 }
 
+/// The first 24 bytes of every ring-buffer record: [`Event`] and
+/// [`SyscallEvent`] both start with exactly these fields, so a reader can
+/// read this prefix, dispatch on `kind`, and then read the whole record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// As [`Event::ts_ns`].
+    pub ts_ns: u64,
+    /// As [`Event::tgid`].
+    pub tgid: u32,
+    /// As [`Event::tid`].
+    pub tid: u32,
+    /// One of [`event_kind`]: [`event_kind::SYSCALL`] for a
+    /// [`SyscallEvent`], anything else for an [`Event`].
+    pub kind: u16,
+    /// As [`Event::flags`].
+    pub flags: u16,
+    /// As [`Event::nr`].
+    pub nr: i32,
+}
+
+/// A completed mm system call, in the `EVENTS` ring buffer (with
+/// [`event_mask::SYSCALLS`]). Starts with an [`EventHeader`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallEvent {
+    /// Time of sys_exit (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Process.
+    pub tgid: u32,
+    /// Thread that made the call.
+    pub tid: u32,
+    /// [`event_kind::SYSCALL`].
+    pub kind: u16,
+    /// Zero.
+    pub flags: u16,
+    /// The x86_64 system call number (one of [`mm_syscalls`]).
+    pub nr: i32,
+    /// Time of sys_enter.
+    pub enter_ns: u64,
+    /// The six argument registers at entry.
+    pub args: [u64; 6],
+    /// The return value (`-errno` on failure).
+    pub ret: i64,
+}
+
+/// An mm system call in progress; value of `SYSCALL_ENTRIES` (kernel-only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallEntry {
+    /// Time of sys_enter; 0 once sys_exit has used the entry.
+    pub enter_ns: u64,
+    /// Argument registers.
+    pub args: [u64; 6],
+    /// System call number.
+    pub nr: i32,
+    /// Zero.
+    pub pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, contain only integers and
@@ -473,6 +618,9 @@ mod pod {
     unsafe impl aya::Pod for super::WriteHolder {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::FaultSlot {}
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::SyscallEvent {}
+    unsafe impl aya::Pod for super::SyscallEntry {}
 }
 
 /// Index of a fault kind from an x86 page-fault error code
@@ -564,5 +712,61 @@ mod tests {
         assert_eq!(core::mem::size_of::<ThreadState>(), 88);
         assert_eq!(core::mem::size_of::<Event>(), 40);
         assert_eq!(core::mem::size_of::<FaultSlot>(), 24 + 12 * 8 + 8);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 24);
+        assert_eq!(core::mem::size_of::<SyscallEvent>(), 24 + 8 + 6 * 8 + 8);
+        assert_eq!(core::mem::size_of::<SyscallEntry>(), 64);
+    }
+
+    #[test]
+    fn records_share_the_header_layout() {
+        use core::mem::offset_of;
+        assert_eq!(offset_of!(Event, ts_ns), offset_of!(EventHeader, ts_ns));
+        assert_eq!(offset_of!(Event, tgid), offset_of!(EventHeader, tgid));
+        assert_eq!(offset_of!(Event, tid), offset_of!(EventHeader, tid));
+        assert_eq!(offset_of!(Event, kind), offset_of!(EventHeader, kind));
+        assert_eq!(offset_of!(Event, flags), offset_of!(EventHeader, flags));
+        assert_eq!(offset_of!(Event, nr), offset_of!(EventHeader, nr));
+        assert_eq!(offset_of!(Event, a), 24);
+        assert_eq!(
+            offset_of!(SyscallEvent, ts_ns),
+            offset_of!(EventHeader, ts_ns)
+        );
+        assert_eq!(
+            offset_of!(SyscallEvent, tgid),
+            offset_of!(EventHeader, tgid)
+        );
+        assert_eq!(offset_of!(SyscallEvent, tid), offset_of!(EventHeader, tid));
+        assert_eq!(
+            offset_of!(SyscallEvent, kind),
+            offset_of!(EventHeader, kind)
+        );
+        assert_eq!(
+            offset_of!(SyscallEvent, flags),
+            offset_of!(EventHeader, flags)
+        );
+        assert_eq!(offset_of!(SyscallEvent, nr), offset_of!(EventHeader, nr));
+        assert_eq!(offset_of!(SyscallEvent, enter_ns), 24);
+        assert_eq!(offset_of!(SyscallEvent, args), 32);
+        assert_eq!(offset_of!(SyscallEvent, ret), 80);
+    }
+
+    #[test]
+    fn mm_syscalls_are_recognised() {
+        let mm = [
+            9, 10, 11, 12, 25, 28, 56, 57, 58, 149, 150, 151, 152, 325, 435, 440,
+        ];
+        for nr in -2i64..1024 {
+            assert_eq!(is_mm_syscall(nr), mm.contains(&nr), "syscall {nr}");
+        }
+        assert!(!is_mm_syscall(i64::MIN) && !is_mm_syscall(i64::MAX));
+    }
+
+    #[test]
+    fn argument_registers_lie_in_the_span_read() {
+        for off in X86_64_SYSCALL_ARG_OFFSETS {
+            assert!(off >= REGS_ARGS_START);
+            assert!(off + 8 <= REGS_ARGS_START + 8 * REGS_ARGS_WORDS as u64);
+            assert_eq!(off % 8, 0);
+        }
     }
 }

@@ -14,7 +14,7 @@
 //! | `mmap_lock_released` | [`mmap_lock_released`] | hold time |
 //! | `contention_begin` (kernel/locking/rwsem.c) | [`contention_begin`] | marks an acquisition contended |
 //! | `page_fault_user`, `page_fault_kernel` (arch/x86/mm/fault.c) | [`page_fault_user`], [`page_fault_kernel`] | faults by kind; marks the CPU "in a user fault" |
-//! | `sys_enter`, `sys_exit` | [`sys_enter`], [`sys_exit`] | the syscall each thread is in |
+//! | `sys_enter`, `sys_exit` | [`sys_enter`], [`sys_exit`] | the syscall each thread is in; mm syscall records (arguments, result) |
 //! | `sched_process_fork`, `_exec`, `_exit` | [`sched_process_fork`] ... | filter inheritance, comm, exit |
 //!
 //! Attribution: an mmap_lock event is keyed by the process that owns the mm
@@ -51,9 +51,10 @@ mod programs {
     };
     use mm_ebpf::{
         CONTEXT_FAULT, CONTEXT_OTHER, ContextKey, Event, FAULT_KINDS, FaultSlot, HIST_BUCKETS,
-        Inflight, MODE_READ, MODE_WRITE, NOT_IN_SYSCALL, OFFSET_UNKNOWN, RawContextStats, RawHist,
-        RawProcStats, ThreadState, WriteHolder, counters, event_flags, event_kind, event_mask,
-        fault_kind_index, filter, log2_bucket, verdict,
+        Inflight, MODE_READ, MODE_WRITE, NOT_IN_SYSCALL, OFFSET_UNKNOWN, REGS_ARGS_START,
+        REGS_ARGS_WORDS, RawContextStats, RawHist, RawProcStats, SyscallEntry, SyscallEvent,
+        ThreadState, WriteHolder, X86_64_SYSCALL_ARG_OFFSETS, counters, event_flags, event_kind,
+        event_mask, fault_kind_index, filter, is_mm_syscall, log2_bucket, verdict,
     };
 
     // ---- load-time globals (see mm_ebpf::globals) -------------------------
@@ -124,6 +125,11 @@ mod programs {
     /// Bumped when a verdict may have changed; slots re-check on a new epoch.
     #[map]
     static EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+    /// Per thread: the mm syscall it is in, with its arguments (only with
+    /// the SYSCALLS event mask). Updated in place; `enter_ns == 0` marks an
+    /// entry sys_exit has consumed.
+    #[map]
+    static SYSCALL_ENTRIES: LruHashMap<u32, SyscallEntry> = LruHashMap::with_max_entries(8192, 0);
     /// Zero templates for creating map entries too large for the BPF stack.
     #[map]
     static ZERO_PROC: Array<RawProcStats> = Array::with_max_entries(1, 0);
@@ -365,9 +371,15 @@ mod programs {
 
     #[inline(always)]
     fn emit(event: Event) {
-        if EVENTS.output::<Event>(&event, 0).is_err() {
+        output(&event, event.tgid);
+    }
+
+    /// Send a ring-buffer record of `tgid`, counting it when it is dropped.
+    #[inline(always)]
+    fn output<T>(record: &T, tgid: u32) {
+        if EVENTS.output::<T>(record, 0).is_err() {
             bump(counters::EVENTS_DROPPED);
-            if let Some(p) = STATS.get_ptr_mut(event.tgid) {
+            if let Some(p) = STATS.get_ptr_mut(tgid) {
                 // SAFETY: per-CPU map value.
                 unsafe { (*p).events_dropped += 1 };
             }
@@ -389,6 +401,11 @@ mod programs {
         if let Some(t) = thread_state(tid) {
             t.nr = id as i32;
         }
+        // A frozen global: without SYSCALLS the verifier drops this branch,
+        // and with it other syscalls pay one compare and a bit test.
+        if global(&EVENT_MASK) & event_mask::SYSCALLS != 0 && is_mm_syscall(id) {
+            save_syscall_entry(ctx.arg(0), tid, id as i32);
+        }
         if let Some(slot) = FAULT_SLOTS.get_ptr_mut(0) {
             // SAFETY: per-CPU value.
             unsafe {
@@ -400,15 +417,76 @@ mod programs {
         0
     }
 
+    /// Remember an mm syscall's arguments until its sys_exit: the six
+    /// argument registers, read from the entry `pt_regs` in one helper call.
+    #[inline(always)]
+    fn save_syscall_entry(regs: u64, tid: u32, nr: i32) {
+        let Some(words) = read_kernel::<[u64; REGS_ARGS_WORDS]>(regs + REGS_ARGS_START) else {
+            return;
+        };
+        let mut args = [0u64; 6];
+        for (i, off) in X86_64_SYSCALL_ARG_OFFSETS.iter().enumerate() {
+            args[i] = words[((*off - REGS_ARGS_START) / 8) as usize];
+        }
+        let entry = SyscallEntry {
+            enter_ns: now(),
+            args,
+            nr,
+            pad: 0,
+        };
+        match SYSCALL_ENTRIES.get_ptr_mut(tid) {
+            // SAFETY: this thread's own entry.
+            Some(e) => unsafe { *e = entry },
+            None => {
+                let _ = SYSCALL_ENTRIES.insert(tid, entry, 0);
+            }
+        }
+    }
+
     /// `trace_sys_exit(regs, ret)`
     #[raw_tracepoint(tracepoint = "sys_exit")]
-    pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
-        let tid = bpf_get_current_pid_tgid() as u32;
-        if let Some(t) = THREADS.get_ptr_mut(tid) {
-            // SAFETY: this thread's own entry.
-            unsafe { (*t).nr = NOT_IN_SYSCALL };
+    pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tid = pid_tgid as u32;
+        let Some(t) = THREADS.get_ptr_mut(tid) else {
+            return 0;
+        };
+        // SAFETY: this thread's own entry.
+        let nr = unsafe { core::mem::replace(&mut (*t).nr, NOT_IN_SYSCALL) };
+        if global(&EVENT_MASK) & event_mask::SYSCALLS != 0 && is_mm_syscall(nr as i64) {
+            emit_syscall(&ctx, tid, (pid_tgid >> 32) as u32, nr);
         }
         0
+    }
+
+    /// The record of an mm syscall that returns, from the entry saved at
+    /// sys_enter. A new thread or process returning from clone/fork has no
+    /// entry of its own (entries are per thread id), so only the caller's
+    /// return is recorded.
+    #[inline(always)]
+    fn emit_syscall(ctx: &RawTracePointContext, tid: u32, tgid: u32, nr: i32) {
+        let Some(e) = SYSCALL_ENTRIES.get_ptr_mut(tid) else {
+            return;
+        };
+        // SAFETY: this thread's own entry.
+        let e = unsafe { &mut *e };
+        if e.enter_ns == 0 || e.nr != nr {
+            return;
+        }
+        let ret: i64 = ctx.arg(1);
+        let event = SyscallEvent {
+            ts_ns: now(),
+            tgid,
+            tid,
+            kind: event_kind::SYSCALL,
+            flags: 0,
+            nr,
+            enter_ns: e.enter_ns,
+            args: e.args,
+            ret,
+        };
+        e.enter_ns = 0;
+        output(&event, tgid);
     }
 
     // ---- mmap_lock -----------------------------------------------------------
@@ -1006,6 +1084,10 @@ mod programs {
         let tid = pid_tgid as u32;
         let tgid = (pid_tgid >> 32) as u32;
         let _ = THREADS.remove(tid);
+        if global(&EVENT_MASK) & event_mask::SYSCALLS != 0 {
+            // A thread killed inside an mm syscall never reaches sys_exit.
+            let _ = SYSCALL_ENTRIES.remove(tid);
+        }
         let group_dead = if global(&EXIT_HAS_GROUP_DEAD) != 0 {
             let g: u64 = ctx.arg(1);
             g & 0xff != 0

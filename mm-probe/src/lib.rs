@@ -7,11 +7,15 @@
 pub mod btf;
 pub mod caps;
 pub mod cli;
+pub mod compare;
 pub mod convert;
 pub mod doctor;
 pub mod probe;
 pub mod procfs;
+pub mod record;
+pub mod records;
 pub mod report;
 pub mod session;
 pub mod spawn;
+pub mod spec_runner;
 pub mod workload;

@@ -92,6 +92,10 @@ pub enum ProbeError {
     /// Not one tracepoint could be attached.
     #[error("no tracepoint could be attached: {0}")]
     NothingAttached(String),
+    /// Syscall events were asked for, but this kernel or this set of
+    /// options cannot produce them.
+    #[error("cannot record system calls: {0}")]
+    SyscallEvents(String),
     /// `--cgroup` does not name a usable cgroup.
     #[error("--cgroup `{path}`: {reason}")]
     Cgroup {
@@ -118,6 +122,10 @@ pub struct ProbeOptions {
     pub fault_events: bool,
     /// Send a record per mmap_lock release/failure to the ring buffer.
     pub lock_events: bool,
+    /// Send a record per completed mm system call (arguments and result,
+    /// see [`mm_ebpf::is_mm_syscall`]) to the ring buffer. x86_64 only;
+    /// needs the sys_enter and sys_exit tracepoints.
+    pub syscall_events: bool,
     /// Groups of tracepoints not to attach (their metrics are reported
     /// unavailable), e.g. to save the per-syscall cost of syscall tracking.
     pub skip: Vec<SkipGroup>,
@@ -434,6 +442,15 @@ impl Probe {
         if opts.lock_events {
             events |= event_mask::LOCKS;
         }
+        if opts.syscall_events {
+            if opts.skip.contains(&SkipGroup::Syscalls) {
+                return Err(ProbeError::SyscallEvents(
+                    "recording system calls needs sys_enter and sys_exit (drop --skip syscalls)"
+                        .into(),
+                ));
+            }
+            events |= event_mask::SYSCALLS;
+        }
 
         let syscalls_tracked = u32::from(!opts.skip.contains(&SkipGroup::Syscalls));
 
@@ -444,6 +461,9 @@ impl Probe {
         }
         let btf = Btf::from_sys_fs().map_err(|source| ProbeError::Btf { source })?;
         let layout = KernelLayout::read(&btf)?;
+        if opts.syscall_events {
+            check_syscall_arg_regs(&btf)?;
+        }
 
         let mut loader = EbpfLoader::new();
         loader
@@ -471,6 +491,13 @@ impl Probe {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| ProbeError::Load { source })?;
+        if opts.syscall_events && ebpf.map(maps::SYSCALL_ENTRIES).is_none() {
+            // An object built before syscall records would ignore the bit.
+            return Err(ProbeError::ObjectMismatch {
+                what: "map",
+                name: maps::SYSCALL_ENTRIES,
+            });
+        }
 
         let mut attached = Vec::new();
         let mut unavailable = Vec::new();
@@ -543,6 +570,14 @@ impl Probe {
         }
         if attached.is_empty() {
             return Err(ProbeError::NothingAttached(failures.join("; ")));
+        }
+        if opts.syscall_events
+            && !(attached.contains(&"sys_enter") && attached.contains(&"sys_exit"))
+        {
+            return Err(ProbeError::SyscallEvents(format!(
+                "sys_enter and sys_exit could not both be attached: {}",
+                failures.join("; ")
+            )));
         }
         // Two tracepoints feeding one metric report it once.
         unavailable.dedup_by(|a, b| {
@@ -770,6 +805,31 @@ impl Probe {
         let _ = self.exited.remove(&tgid);
         Ok(())
     }
+}
+
+/// The programs read the syscall arguments at x86_64's `pt_regs` offsets
+/// (and decode x86_64 syscall numbers): check that this kernel agrees.
+fn check_syscall_arg_regs(btf: &Btf) -> Result<(), ProbeError> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(ProbeError::SyscallEvents(
+            "system call records are implemented for x86_64 only".into(),
+        ));
+    }
+    for (reg, want) in mm_ebpf::X86_64_SYSCALL_ARG_REGS
+        .iter()
+        .zip(mm_ebpf::X86_64_SYSCALL_ARG_OFFSETS)
+    {
+        match btf.member_offset("pt_regs", reg) {
+            Some(m) if m.offset == want && m.size == 8 => {}
+            found => {
+                return Err(ProbeError::SyscallEvents(format!(
+                    "this kernel's `struct pt_regs` has `{reg}` at {:?}, not at byte {want}",
+                    found.map(|m| m.offset)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The program for the pre-6.14 prototype of an mmap_lock event.

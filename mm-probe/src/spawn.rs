@@ -85,6 +85,16 @@ pub struct Child {
     pid: u32,
 }
 
+/// How [`Child::wait_exec_stop`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecStop {
+    /// Stopped at the end of its exec: detach it to let it run.
+    Stopped,
+    /// It ended first (killed by a signal): the exit code, as
+    /// [`Child::wait`] returns it. It has been reaped.
+    Exited(i32),
+}
+
 impl GatedChild {
     /// Fork a child that will exec `program` with `args` (argv[1..]) once
     /// released. Stdio is inherited.
@@ -152,6 +162,28 @@ impl GatedChild {
         self.pid
     }
 
+    /// Attach to the waiting child with ptrace so that it stops right after
+    /// its exec, before it runs a single instruction of the new program
+    /// (see [`Child::wait_exec_stop`]). Call before [`Self::release`], from
+    /// the thread that will call [`Child::detach`] (ptrace ties a tracee to
+    /// one tracer thread). Fails where ptrace is not allowed (seccomp,
+    /// Yama); the child is then unaffected.
+    pub fn stop_at_exec(&self) -> std::io::Result<()> {
+        // SAFETY: ptrace on our own child with integer arguments.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_SEIZE,
+                self.pid as libc::pid_t,
+                0usize,
+                libc::PTRACE_O_TRACEEXEC as usize,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Let the child exec. Fails if exec failed (the child is reaped).
     pub fn release(self) -> Result<Child, SpawnError> {
         let os_err = |source| SpawnError::Os {
@@ -214,6 +246,65 @@ impl Child {
         })
     }
 
+    /// After [`GatedChild::stop_at_exec`] and [`GatedChild::release`]: wait
+    /// until the child stops at the end of its exec (its new address space
+    /// complete, no instruction of it run yet). Signals that arrive first
+    /// are passed on to it.
+    pub fn wait_exec_stop(&self) -> std::io::Result<ExecStop> {
+        loop {
+            let mut status = 0;
+            // SAFETY: waiting for our own (traced) child.
+            let r = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::__WALL) };
+            if r != self.pid as i32 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if libc::WIFEXITED(status) {
+                return Ok(ExecStop::Exited(libc::WEXITSTATUS(status)));
+            }
+            if libc::WIFSIGNALED(status) {
+                return Ok(ExecStop::Exited(128 + libc::WTERMSIG(status)));
+            }
+            if !libc::WIFSTOPPED(status) {
+                continue;
+            }
+            if status >> 8 == libc::SIGTRAP | (libc::PTRACE_EVENT_EXEC << 8) {
+                return Ok(ExecStop::Stopped);
+            }
+            // A signal-delivery stop passes the signal on; an event stop
+            // (group stop under PTRACE_SEIZE) resumes without one.
+            let sig = if status >> 16 == 0 {
+                libc::WSTOPSIG(status)
+            } else {
+                0
+            };
+            // SAFETY: ptrace on our own stopped tracee.
+            unsafe {
+                libc::ptrace(
+                    libc::PTRACE_CONT,
+                    self.pid as libc::pid_t,
+                    0usize,
+                    sig as usize,
+                )
+            };
+        }
+    }
+
+    /// Stop tracing the child (stopped by [`Self::wait_exec_stop`]) and let
+    /// it run.
+    pub fn detach(&self) -> std::io::Result<()> {
+        // SAFETY: ptrace on our own stopped tracee.
+        let r =
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, self.pid as libc::pid_t, 0usize, 0usize) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Send a signal (ignored if the child is gone).
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill has no memory-safety preconditions.
@@ -236,6 +327,24 @@ mod tests {
             .release()
             .unwrap();
         assert_eq!(c.wait().unwrap(), 128 + libc::SIGTERM);
+    }
+
+    #[test]
+    fn a_traced_child_stops_after_its_exec_with_its_new_image_mapped() {
+        let c = GatedChild::spawn(OsStr::new("sh"), &["-c".into(), "exit 3".into()]).unwrap();
+        let before = std::fs::read_link(format!("/proc/{}/exe", c.pid())).unwrap();
+        if let Err(e) = c.stop_at_exec() {
+            eprintln!("SKIPPED: ptrace is not allowed here: {e}");
+            return;
+        }
+        let c = c.release().unwrap();
+        assert_eq!(c.wait_exec_stop().unwrap(), ExecStop::Stopped);
+        let exe = std::fs::read_link(format!("/proc/{}/exe", c.pid())).unwrap();
+        assert_ne!(exe, before, "still the pre-exec image");
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", c.pid())).unwrap();
+        assert!(maps.contains("[stack]"), "{maps}");
+        c.detach().unwrap();
+        assert_eq!(c.wait().unwrap(), 3);
     }
 
     #[test]

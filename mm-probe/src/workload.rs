@@ -270,6 +270,170 @@ pub fn fault_loop(
     Ok(c.result("fault-loop", threads, elapsed, cpu))
 }
 
+/// One system call `record-demo` made, as it made it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DemoOp {
+    /// Syscall name.
+    pub name: String,
+    /// x86_64 syscall number.
+    pub nr: i64,
+    /// The arguments as passed (the unused ones 0).
+    pub args: [u64; 6],
+    /// The return value, or `-errno`.
+    pub result: i64,
+}
+
+/// What `record-demo` did and what its region looked like at the end.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordDemo {
+    /// Always "record-demo".
+    pub workload: String,
+    /// Process id.
+    pub pid: u32,
+    /// The (only) thread that did everything.
+    pub tid: u32,
+    /// Start of the 16-page region.
+    pub region: u64,
+    /// Its length.
+    pub len: u64,
+    /// The system calls on the region, in order.
+    pub ops: Vec<DemoOp>,
+    /// The pages written (each one a write fault on a not-present page), in
+    /// order.
+    pub touched: Vec<u64>,
+    /// The /proc/self/maps lines intersecting the region at the end.
+    pub maps: Vec<String>,
+}
+
+/// Pages in `record-demo`'s region.
+pub const DEMO_PAGES: usize = 16;
+
+fn demo_call(ops: &mut Vec<DemoOp>, name: &str, nr: i64, args: [u64; 6], ret: i64) -> i64 {
+    let result = if ret == -1 {
+        -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        ret
+    };
+    ops.push(DemoOp {
+        name: name.into(),
+        nr,
+        args,
+        result,
+    });
+    result
+}
+
+/// A single-threaded, known sequence of mm system calls and faults for
+/// `mm-probe record` to record: mmap 16 pages rw, write 8 of them, mprotect 4
+/// of those read-only, install guards on 2 untouched pages, munmap 4 pages,
+/// and an mprotect of the hole that fails with ENOMEM.
+pub fn record_demo(gated: bool) -> std::io::Result<RecordDemo> {
+    if gated {
+        gate()?;
+    }
+    let len = DEMO_PAGES * PAGE;
+    let page = PAGE as u64;
+    let mut ops = Vec::new();
+    let fd_none = -1i64 as u64;
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let ret = if ptr == libc::MAP_FAILED {
+        -1
+    } else {
+        ptr as i64
+    };
+    let prot_rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let r = demo_call(
+        &mut ops,
+        "mmap",
+        libc::SYS_mmap,
+        [0, len as u64, prot_rw, flags, fd_none, 0],
+        ret,
+    );
+    if r < 0 {
+        return Err(std::io::Error::from_raw_os_error(-r as i32));
+    }
+    let base = r as u64;
+    let mut touched = Vec::new();
+    for i in 0..DEMO_PAGES / 2 {
+        let p = base + i as u64 * page;
+        // SAFETY: inside the fresh writable mapping.
+        unsafe { std::ptr::write_volatile(p as *mut u8, 1) };
+        touched.push(p);
+    }
+    let at = |i: u64| base + i * page;
+    let prot_r = libc::PROT_READ as u64;
+    // SAFETY (all below): system calls on this workload's own region, whose
+    // pages nothing else uses.
+    let ret = unsafe { libc::mprotect(at(4) as *mut _, 4 * PAGE, libc::PROT_READ) };
+    demo_call(
+        &mut ops,
+        "mprotect",
+        libc::SYS_mprotect,
+        [at(4), 4 * page, prot_r, 0, 0, 0],
+        ret.into(),
+    );
+    const MADV_GUARD_INSTALL: i32 = 102;
+    let ret = unsafe { libc::madvise(at(12) as *mut _, 2 * PAGE, MADV_GUARD_INSTALL) };
+    demo_call(
+        &mut ops,
+        "madvise",
+        libc::SYS_madvise,
+        [at(12), 2 * page, MADV_GUARD_INSTALL as u64, 0, 0, 0],
+        ret.into(),
+    );
+    let ret = unsafe { libc::munmap(at(8) as *mut _, 4 * PAGE) };
+    demo_call(
+        &mut ops,
+        "munmap",
+        libc::SYS_munmap,
+        [at(8), 4 * page, 0, 0, 0, 0],
+        ret.into(),
+    );
+    // The hole just made: ENOMEM.
+    let ret = unsafe { libc::mprotect(at(8) as *mut _, 4 * PAGE, libc::PROT_READ) };
+    demo_call(
+        &mut ops,
+        "mprotect",
+        libc::SYS_mprotect,
+        [at(8), 4 * page, prot_r, 0, 0, 0],
+        ret.into(),
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps")?
+        .lines()
+        .filter(|l| {
+            let range = l.split_whitespace().next().unwrap_or("");
+            let (s, e) = range.split_once('-').unwrap_or(("0", "0"));
+            let s = u64::from_str_radix(s, 16).unwrap_or(0);
+            let e = u64::from_str_radix(e, 16).unwrap_or(0);
+            s < base + len as u64 && e > base
+        })
+        .map(str::to_owned)
+        .collect();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    Ok(RecordDemo {
+        workload: "record-demo".into(),
+        pid: std::process::id(),
+        tid,
+        region: base,
+        len: len as u64,
+        ops,
+        touched,
+        maps,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +449,22 @@ mod tests {
     fn mmap_munmap_counts_pairs() {
         let r = mmap_munmap(7, 2, false).unwrap();
         assert_eq!((r.mmaps, r.munmaps, r.pages_touched), (7, 7, 0));
+    }
+
+    #[test]
+    fn record_demo_does_what_it_says() {
+        let d = record_demo(false).unwrap();
+        let names: Vec<&str> = d.ops.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["mmap", "mprotect", "madvise", "munmap", "mprotect"]);
+        assert_eq!(d.ops[0].result as u64, d.region);
+        assert_eq!(d.ops[1].result, 0);
+        assert_eq!(d.ops[3].result, 0);
+        assert_eq!(d.ops[4].result, -i64::from(libc::ENOMEM));
+        assert_eq!(d.touched.len(), 8);
+        // rw- pages 0-3, r-- 4-7, a hole, rw- 12-15 (guards are not VMAs).
+        assert_eq!(d.maps.len(), 3, "{:?}", d.maps);
+        assert!(d.maps[1].contains(" r--p "), "{:?}", d.maps);
+        // The region stays mapped (the process ends soon; tests run it once).
     }
 
     #[test]

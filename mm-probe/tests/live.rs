@@ -318,3 +318,61 @@ fn session_reports_intervals_totals_and_resets() {
     );
     assert_eq!(tick.cumulative.drops, mm_core::stats::Drops::default());
 }
+
+#[test]
+fn syscall_records_carry_arguments_results_and_durations() {
+    use mm_probe::records::{Record, decode};
+    let Some(_guard) = live() else { return };
+    const K: usize = 5;
+    let mut w = Gated::start(&["mmap-munmap", "--pairs", "5", "--pages", "4"]);
+    let pid = w.pid();
+    let mut probe = Probe::load(&ProbeOptions {
+        pids: Some(vec![pid]),
+        syscall_events: true,
+        ..Default::default()
+    })
+    .expect("load the probe");
+    let mut rb = probe.take_events().expect("a ring buffer");
+    w.go();
+    let done = w.wait();
+    assert_eq!((done.mmaps, done.munmaps), (K as u64, K as u64));
+    let mut syscalls = Vec::new();
+    while let Some(item) = rb.next() {
+        match decode(&item).expect("a known record") {
+            Record::Syscall(s) => syscalls.push(s),
+            Record::Event(e) => panic!("only syscall records were asked for: {e:?}"),
+        }
+    }
+    assert!(syscalls.iter().all(|s| s.tgid == pid && s.tid == pid));
+    assert!(
+        syscalls
+            .iter()
+            .all(|s| s.enter_ns > 0 && s.enter_ns <= s.ts_ns)
+    );
+    // The workload's own pairs: mmap(NULL, 16 KiB, RW, PRIVATE|ANON, -1, 0)
+    // then munmap of the address it returned.
+    let len = 4 * 4096u64;
+    let mmaps: Vec<_> = syscalls
+        .iter()
+        .filter(|s| {
+            s.nr == 9
+                && s.args[..4] == [0, len, 3, 0x22]
+                && s.args[4] as i32 == -1
+                && s.args[5] == 0
+        })
+        .collect();
+    assert_eq!(mmaps.len(), K, "{syscalls:#?}");
+    for m in &mmaps {
+        assert!(m.ret > 0 && (m.ret as u64).is_multiple_of(4096), "{m:?}");
+        let unmaps = syscalls
+            .iter()
+            .filter(|s| s.nr == 11 && s.args[..2] == [m.ret as u64, len] && s.ts_ns > m.ts_ns)
+            .count();
+        assert!(unmaps >= 1, "no munmap of {:#x}: {syscalls:#?}", m.ret);
+    }
+    assert_eq!(
+        probe.snapshot().unwrap().counters[0],
+        0,
+        "ring buffer drops"
+    );
+}

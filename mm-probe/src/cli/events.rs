@@ -9,11 +9,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use mm_core::stats::FaultKind;
-use mm_ebpf::{Event, event_flags, event_kind};
+use mm_ebpf::{Event, SyscallEvent, event_flags, event_kind};
 use serde_json::json;
 use tokio::{io::unix::AsyncFd, sync::watch, task::JoinHandle};
 
-use crate::convert::lock_context;
+use crate::{
+    convert::{lock_context, syscall_name},
+    records::{Record, decode},
+};
 
 /// The running writer.
 pub struct Writer {
@@ -67,12 +70,13 @@ async fn drain_until_stopped(
 fn drain(rb: &mut RingBuf<MapData>, out: &mut BufWriter<File>) -> Result<u64> {
     let mut n = 0;
     while let Some(item) = rb.next() {
-        if item.len() < size_of::<Event>() {
-            continue;
-        }
-        // SAFETY: the kernel wrote a whole Event; read it unaligned.
-        let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        writeln!(out, "{}", to_json(&e))?;
+        let line = match decode(&item) {
+            Ok(Record::Event(e)) => to_json(&e),
+            Ok(Record::Syscall(s)) => syscall_to_json(&s),
+            // A record this build does not know: skip it.
+            Err(_) => continue,
+        };
+        writeln!(out, "{line}")?;
         n += 1;
     }
     Ok(n)
@@ -106,4 +110,20 @@ pub fn to_json(e: &Event) -> serde_json::Value {
             "trylock": flag(event_flags::TRYLOCK),
         }),
     }
+}
+
+/// The JSON form of an mm system call record (documented in
+/// docs/json-report.md).
+pub fn syscall_to_json(s: &SyscallEvent) -> serde_json::Value {
+    json!({
+        "kind": "syscall",
+        "ts_ns": s.ts_ns,
+        "pid": s.tgid,
+        "tid": s.tid,
+        "nr": s.nr,
+        "name": syscall_name(s.nr as u32),
+        "args": s.args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>(),
+        "ret": s.ret,
+        "dur_ns": s.ts_ns.saturating_sub(s.enter_ns),
+    })
 }

@@ -93,7 +93,7 @@ pub fn announce(probe: &Probe, what: &str) {
     }
 }
 
-fn gone(pid: u32) -> bool {
+pub(super) fn gone(pid: u32) -> bool {
     // A zombie has exited too; its parent just has not reaped it yet.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,

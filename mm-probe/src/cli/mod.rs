@@ -3,6 +3,8 @@
 mod events;
 mod live;
 mod prometheus;
+mod record;
+mod replay;
 
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -47,10 +49,17 @@ enum Command {
     Attach(AttachArgs),
     /// Run a command, or a built-in workload, under the probe; exit with its code.
     Run(RunArgs),
+    /// Record one process's mm system calls and page faults into a trace file.
+    Record(record::RecordArgs),
     /// Check what this machine allows, with a fix for each problem.
     Doctor(DoctorArgs),
     /// Built-in workloads with a known mm footprint (demos, tests, benchmarks).
     Workload(WorkloadArgs),
+    /// Replay a recorded trace on the engine under each fault strategy.
+    Replay(replay::ReplayArgs),
+    /// Run a workload on the host under the probe and on the engine, and
+    /// print both side by side with an agreement column.
+    Compare(CompareArgs),
 }
 
 /// Report format.
@@ -167,8 +176,66 @@ struct WorkloadArgs {
     gated: bool,
 }
 
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    sudo mm-probe compare --workload fault-vs-munmap\n  \
+    sudo mm-probe compare --workload page-fault1 --strategy all --duration 1s\n  \
+    sudo mm-probe compare --workload my-spec.toml --format json --check\n\n\
+    Presets: page-fault1 page-fault2 page-fault3 mmap1 mmap2 fault-vs-munmap\n\
+    fault-vs-mprotect guard-storm softdirty-tracker maps-reader (workloads/*.toml;\n\
+    the spec format is in docs/workloads.md).")]
+struct CompareArgs {
+    /// A preset name or a workload spec file (TOML).
+    #[arg(long, default_value = "fault-vs-munmap", value_name = "PRESET|FILE")]
+    workload: String,
+    /// The engine's fault strategy; `all` runs the three, the first
+    /// (per-vma) being the one the agreement column judges.
+    #[arg(long, default_value = "per-vma", value_parser = parse_strategies)]
+    strategy: Strategies,
+    /// How long the host runs its loops (default: the spec's duration).
+    #[arg(long, value_parser = parse_positive_duration)]
+    duration: Option<Duration>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Largest difference, in percent, for gated rows to agree.
+    #[arg(long, default_value_t = 2.0, value_name = "PCT")]
+    tolerance: f64,
+    /// Exit with status 1 when a gated row disagrees.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Fault strategies to run, in order.
+#[derive(Clone, Debug)]
+pub struct Strategies(pub Vec<mm_core::shared_mm::FaultStrategy>);
+
+/// `classic`, `speculative`, `per-vma` or `all` (per-vma first).
+pub fn parse_strategies(s: &str) -> Result<Strategies, String> {
+    use mm_core::shared_mm::FaultStrategy as F;
+    if s == "all" {
+        return Ok(Strategies(vec![F::PerVma, F::Classic, F::Speculative]));
+    }
+    s.parse::<F>()
+        .map(|f| Strategies(vec![f]))
+        .map_err(|_| format!("`{s}`: use classic, speculative, per-vma or all"))
+}
+
 #[derive(Subcommand)]
 enum WorkloadCommand {
+    /// Run a workload spec (a preset name or a TOML file) with real threads
+    /// and system calls; print what each thread did as JSON.
+    Run {
+        /// A preset name or a spec file.
+        #[arg(value_name = "PRESET|FILE")]
+        spec: String,
+        /// Run the loops this long (default: the spec's).
+        #[arg(long, value_parser = parse_positive_duration)]
+        duration: Option<Duration>,
+        /// Iterations per loop, for every thread (overrides the duration).
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
     /// Write to N fresh anonymous pages once: N write faults.
     Touch {
         /// Pages to touch.
@@ -209,6 +276,10 @@ enum WorkloadCommand {
         #[arg(long, default_value_t = 128)]
         size_mib: usize,
     },
+    /// One thread: mmap 16 pages, write 8, mprotect 4, guard 2, munmap 4,
+    /// one failing mprotect; prints the calls it made and its maps.
+    #[command(hide = true)]
+    RecordDemo,
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -249,8 +320,11 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Attach(a) => attach(a),
         Command::Run(r) => run(r),
+        Command::Record(r) => record::record(r),
         Command::Doctor(d) => doctor_cmd(&d),
         Command::Workload(w) => workload_cmd(w),
+        Command::Compare(c) => compare_cmd(&c),
+        Command::Replay(r) => replay::run(&r),
     };
     match result {
         Ok(code) => code,
@@ -311,6 +385,7 @@ fn attach(a: AttachArgs) -> Result<i32> {
         follow_forks: false,
         fault_events: a.output.events.is_some(),
         lock_events: a.output.events.is_some(),
+        syscall_events: false,
         skip: a.output.skip.clone(),
     };
     let probe = Probe::load(&opts).context("cannot start the probe")?;
@@ -417,8 +492,60 @@ fn doctor_cmd(d: &DoctorArgs) -> Result<i32> {
     Ok(i32::from(failed))
 }
 
+fn spec_run(
+    spec: &str,
+    duration: Option<Duration>,
+    iterations: Option<u64>,
+    gated: bool,
+    output: Option<PathBuf>,
+) -> Result<i32> {
+    let (_, mut plan) = mm_core::workload::Spec::load(spec)?;
+    if let Some(d) = duration {
+        plan = plan.with_duration(d);
+    }
+    if let Some(n) = iterations {
+        let all = vec![n; plan.threads.len()];
+        plan = plan.with_iterations(&all);
+    }
+    let gate: &dyn crate::spec_runner::Gate = if gated {
+        &crate::spec_runner::StdioGate
+    } else {
+        &crate::spec_runner::NoGate
+    };
+    let r = crate::spec_runner::run(&plan, gate).map_err(|e| anyhow::anyhow!(e))?;
+    let line = serde_json::to_string(&r)?;
+    match output {
+        Some(path) => std::fs::write(&path, format!("{line}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => println!("{line}"),
+    }
+    if let Some(e) = &r.error {
+        eprintln!("mm-probe: error: {e}");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn compare_cmd(a: &CompareArgs) -> Result<i32> {
+    let c = crate::compare::run(&a.workload, &a.strategy.0, a.duration, a.tolerance)?;
+    match a.format {
+        Format::Table => print!("{}", crate::compare::table(&c)),
+        Format::Json => println!("{}", serde_json::to_string(&c)?),
+    }
+    Ok(if a.check && !c.agreement { 1 } else { 0 })
+}
+
 fn workload_cmd(w: WorkloadArgs) -> Result<i32> {
     let result = match w.which {
+        WorkloadCommand::RecordDemo => {
+            let demo = workload::record_demo(w.gated).context("the workload failed")?;
+            return write_workload_line(w.output.as_deref(), &serde_json::to_string(&demo)?);
+        }
+        WorkloadCommand::Run {
+            spec,
+            duration,
+            iterations,
+        } => return spec_run(&spec, duration, iterations, w.gated, w.output),
         WorkloadCommand::Touch { pages } => workload::touch(pages, w.gated),
         WorkloadCommand::MmapMunmap { pairs, pages } => {
             workload::mmap_munmap(pairs, pages, w.gated)
@@ -435,9 +562,12 @@ fn workload_cmd(w: WorkloadArgs) -> Result<i32> {
         } => workload::fault_loop(threads, duration, size_mib, w.gated),
     }
     .context("the workload failed")?;
-    let line = serde_json::to_string(&result)?;
-    match w.output {
-        Some(path) => std::fs::write(&path, format!("{line}\n"))
+    write_workload_line(w.output.as_deref(), &serde_json::to_string(&result)?)
+}
+
+fn write_workload_line(output: Option<&std::path::Path>, line: &str) -> Result<i32> {
+    match output {
+        Some(path) => std::fs::write(path, format!("{line}\n"))
             .with_context(|| format!("cannot write {}", path.display()))?,
         None => println!("{line}"),
     }

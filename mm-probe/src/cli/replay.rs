@@ -1,0 +1,244 @@
+//! `mm-probe replay`: an op trace on the engine, under one fault strategy
+//! or all three: what this program's mmap_lock would have looked like.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use mm_core::{
+    replay::{ReplayOptions, ReplayReport, replay},
+    trace,
+};
+
+use super::{Format, Strategies, parse_strategies};
+use crate::report::format_ns;
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    sudo mm-probe record --out app.trace -- ./app\n  \
+    mm-probe replay app.trace --strategy all\n  \
+    mm-probe replay app.trace --speed max --maps\n\n\
+    The trace format is in docs/trace-format.md.")]
+pub struct ReplayArgs {
+    /// The trace (from `mm-probe record`).
+    #[arg(value_name = "FILE")]
+    trace: PathBuf,
+    /// Fault strategy: classic, speculative, per-vma, or all.
+    #[arg(long, default_value = "all", value_parser = parse_strategies)]
+    strategy: Strategies,
+    /// Recorded time per replayed time: 1 keeps each thread's gaps, 10
+    /// replays ten times faster, `max` ignores the gaps (order only).
+    #[arg(long, default_value = "1", value_parser = parse_speed)]
+    speed: Speed,
+    /// Also print the final /proc/PID/maps and every call's recorded and
+    /// replayed result.
+    #[arg(long)]
+    maps: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// `--speed`.
+#[derive(Clone, Copy, Debug)]
+pub struct Speed(Option<f64>);
+
+fn parse_speed(s: &str) -> Result<Speed, String> {
+    if s == "max" {
+        return Ok(Speed(None));
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Speed(Some(v))),
+        _ => Err(format!("`{s}`: a positive number or `max`")),
+    }
+}
+
+pub fn run(a: &ReplayArgs) -> Result<i32> {
+    let f = std::fs::File::open(&a.trace)
+        .with_context(|| format!("cannot open {}", a.trace.display()))?;
+    let t = trace::parse(std::io::BufReader::new(f))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.trace.display()))?;
+    let reports: Vec<ReplayReport> = a
+        .strategy
+        .0
+        .iter()
+        .map(|s| {
+            replay(
+                &t,
+                ReplayOptions {
+                    strategy: *s,
+                    speed: a.speed.0,
+                },
+            )
+        })
+        .collect();
+    match a.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({
+                "trace": a.trace,
+                "pid": t.header.pid,
+                "comm": t.header.comm,
+                "drops": t.drops,
+                "replays": reports,
+            }))?
+        ),
+        Format::Table => print!("{}", table(&t, &reports, a.maps)),
+    }
+    Ok(0)
+}
+
+fn table(t: &trace::Trace, reports: &[ReplayReport], maps: bool) -> String {
+    use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
+    let mut s = format!(
+        "trace of pid {} ({}) on {}: {} records over {}, {} events lost\n",
+        t.header.pid,
+        t.header.comm,
+        t.header.kernel,
+        t.records.len(),
+        format_ns(t.records.last().map_or(0, |r| r.t_ns)),
+        t.drops
+    );
+    if t.drops > 0 {
+        s.push_str("warning: the recorder lost events; the replay lacks them\n");
+    }
+    let mut tb = Table::new();
+    tb.load_preset(UTF8_BORDERS_ONLY);
+    let mut head = vec![Cell::new("")];
+    head.extend(reports.iter().map(|r| Cell::new(r.strategy.name())));
+    tb.set_header(head);
+    type Get = dyn Fn(&ReplayReport) -> String;
+    let rows: Vec<(&str, Box<Get>)> = vec![
+        ("replay time", Box::new(|r| format_ns(r.elapsed_ns))),
+        ("system calls", Box::new(|r| r.syscalls.to_string())),
+        (
+            "  results differing from the host",
+            Box::new(|r| r.mismatches().count().to_string()),
+        ),
+        (
+            "  skipped (no engine form)",
+            Box::new(|r| r.skipped.to_string()),
+        ),
+        ("faults replayed", Box::new(|r| r.faults.to_string())),
+        (
+            "  engine faults",
+            Box::new(|r| r.stats.process.faults.total().to_string()),
+        ),
+        (
+            "  via mmap_lock",
+            Box::new(|r| r.stats.process.faults.mmap_lock_fallbacks.to_string()),
+        ),
+        ("  ending in SIGSEGV", Box::new(|r| r.segv.to_string())),
+        (
+            "mmap_lock read acquisitions",
+            Box::new(|r| r.stats.process.mmap_lock.read.acquisitions.to_string()),
+        ),
+        (
+            "mmap_lock write acquisitions",
+            Box::new(|r| r.stats.process.mmap_lock.write.acquisitions.to_string()),
+        ),
+        (
+            "contended share",
+            Box::new(|r| {
+                format!(
+                    "{:.1}%",
+                    r.stats.process.mmap_lock.contended_share() * 100.0
+                )
+            }),
+        ),
+        (
+            "read wait p99",
+            Box::new(|r| {
+                format_ns(
+                    r.stats
+                        .process
+                        .mmap_lock
+                        .read
+                        .wait
+                        .quantile(0.99)
+                        .unwrap_or(0),
+                )
+            }),
+        ),
+        (
+            "write wait p99",
+            Box::new(|r| {
+                format_ns(
+                    r.stats
+                        .process
+                        .mmap_lock
+                        .write
+                        .wait
+                        .quantile(0.99)
+                        .unwrap_or(0),
+                )
+            }),
+        ),
+        (
+            "write hold p99",
+            Box::new(|r| {
+                format_ns(
+                    r.stats
+                        .process
+                        .mmap_lock
+                        .write
+                        .hold
+                        .quantile(0.99)
+                        .unwrap_or(0),
+                )
+            }),
+        ),
+    ];
+    for (name, get) in rows {
+        let mut cells = vec![Cell::new(name)];
+        cells.extend(
+            reports
+                .iter()
+                .map(|r| Cell::new(get(r)).set_alignment(CellAlignment::Right)),
+        );
+        tb.add_row(cells);
+    }
+    s.push_str(&tb.to_string());
+    s.push('\n');
+    if let Some(r) = reports.first() {
+        for m in r.mismatches().take(20) {
+            s.push_str(&format!(
+                "differs: record {} (tid {}): {}: host {:?}, engine {:?}\n",
+                m.record + 1,
+                m.tid,
+                m.op,
+                m.recorded,
+                m.replayed
+            ));
+        }
+        if maps {
+            s.push_str(&format!("\ncalls ({}):\n", r.strategy.name()));
+            for c in &r.calls {
+                s.push_str(&format!(
+                    "record {} tid {}: {} = host {} engine {}{}\n",
+                    c.record + 1,
+                    c.tid,
+                    c.op,
+                    outcome(&c.recorded),
+                    outcome(&c.replayed),
+                    if c.matches() { "" } else { "  DIFFERS" }
+                ));
+            }
+            s.push_str(&format!(
+                "\n/proc/PID/maps ({}):\n{}",
+                r.strategy.name(),
+                r.maps
+            ));
+        }
+    }
+    s
+}
+
+fn outcome(o: &mm_core::op::Outcome) -> String {
+    match o {
+        mm_core::op::Outcome::Ok(v) if *v >= 4096 => format!("{v:#x}"),
+        mm_core::op::Outcome::Ok(v) => v.to_string(),
+        mm_core::op::Outcome::Err(e) => format!("-{}", e.name()),
+        o => format!("{o:?}"),
+    }
+}
