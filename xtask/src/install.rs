@@ -1,5 +1,5 @@
-//! `cargo xtask install`: mm-probe, with the eBPF object embedded, where
-//! `sudo mm-probe` finds it.
+//! `cargo xtask install`: mm-probe and mm-tui, with the eBPF object
+//! embedded, where `sudo mm-probe` and `sudo mm-tui` find them.
 
 use std::{path::PathBuf, process::Command};
 
@@ -21,7 +21,12 @@ pub struct Options {
     pub prefix: PathBuf,
 }
 
-/// Build the release binary of mm-probe (embedding a fresh eBPF object).
+/// The binaries `install` puts in PREFIX/bin.
+pub const BINARIES: [&str; 2] = ["mm-probe", "mm-tui"];
+
+/// Build the release binaries of mm-probe and mm-tui (embedding a fresh
+/// eBPF object); returns mm-probe's path (mm-tui's is next to it, see
+/// [`release_bin`]).
 pub fn build_release() -> Result<PathBuf> {
     build_ebpf::run(build_ebpf::Options::default())?;
     exec(cargo().current_dir(workspace_root()).args([
@@ -30,19 +35,37 @@ pub fn build_release() -> Result<PathBuf> {
         "--locked",
         "--package",
         "mm-probe",
+        "--package",
+        "mm-tui",
     ]))?;
-    Ok(workspace_root().join("target/release/mm-probe"))
+    Ok(release_bin("mm-probe"))
+}
+
+/// A release binary's path.
+pub fn release_bin(name: &str) -> PathBuf {
+    workspace_root().join("target/release").join(name)
 }
 
 pub fn run(o: Options) -> Result<()> {
-    let bin = build_release()?;
-    let dir = o.prefix.join("bin");
-    let dst = dir.join("mm-probe");
-    let direct = std::fs::create_dir_all(&dir).and_then(|()| {
+    build_release()?;
+    for name in BINARIES {
+        install_one(&release_bin(name), &o.prefix.join("bin"), name)?;
+    }
+    eprintln!(
+        "xtask: installed {} in {} (eBPF object embedded); try: sudo mm-probe doctor, sudo mm-tui",
+        BINARIES.join(" and "),
+        o.prefix.join("bin").display()
+    );
+    Ok(())
+}
+
+fn install_one(bin: &std::path::Path, dir: &std::path::Path, name: &str) -> Result<()> {
+    let dst = dir.join(name);
+    let direct = std::fs::create_dir_all(dir).and_then(|()| {
         // Copy next to the target and rename, so a running mm-probe is not
         // overwritten in place.
-        let tmp = dir.join(".mm-probe.new");
-        std::fs::copy(&bin, &tmp)?;
+        let tmp = dir.join(format!(".{name}.new"));
+        std::fs::copy(bin, &tmp)?;
         std::fs::rename(&tmp, &dst)
     });
     match direct {
@@ -58,15 +81,11 @@ pub fn run(o: Options) -> Result<()> {
             exec(
                 Command::new("sudo")
                     .args(["install", "-D", "-m", "0755"])
-                    .arg(&bin)
+                    .arg(bin)
                     .arg(&dst),
             )?;
         }
         Err(e) => return Err(e).with_context(|| format!("cannot install {}", dst.display())),
     }
-    eprintln!(
-        "xtask: installed {} (eBPF object embedded); try: sudo mm-probe doctor",
-        dst.display()
-    );
     Ok(())
 }

@@ -35,7 +35,7 @@ enum Command {
     Install(install::Options),
     /// Run the whole test suite: lints, unit tests, live eBPF tests, install check.
     Test(test::Options),
-    /// Run the main job: the live probe on the built-in default workload.
+    /// Run the main job: the live dashboard (mm-tui) on the built-in default workload.
     Run(run::Options),
     /// Measure probe overhead on a page-fault-heavy workload vs no probe and vs bpftrace.
     BenchOverhead(bench::Options),

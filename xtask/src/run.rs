@@ -1,37 +1,43 @@
-//! `cargo xtask run`: the main job. Until the dashboard (mm-tui) exists this
-//! is the live probe on the built-in contention workload.
+//! `cargo xtask run`: the main job, the live dashboard (mm-tui) on the
+//! built-in default workload (fault-vs-munmap), host and engine side by
+//! side.
 
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 
 use crate::{
     exec::{exec, is_root},
-    install::build_release,
+    install::{build_release, release_bin},
     toolchain::command_exists,
 };
 
 #[derive(Args)]
 pub struct Options {
-    /// Arguments for `mm-probe run` (after `--`), e.g. `-- --duration 30s`
-    /// or `-- -- ./my-program`.
+    /// Arguments for `mm-tui` (after `--`), e.g. `-- --workload guard-storm`
+    /// or `-- --strategy classic`.
     #[arg(last = true)]
     pub args: Vec<String>,
 }
 
 pub fn run(o: Options) -> Result<()> {
-    let bin = build_release()?;
+    build_release()?;
+    let bin = release_bin("mm-tui");
     let mut cmd = if is_root() {
         Command::new(&bin)
     } else if command_exists("sudo") {
-        eprintln!("xtask: mm-probe needs root to load eBPF programs; running it with sudo");
+        eprintln!("xtask: the dashboard's host side loads eBPF programs; running mm-tui with sudo");
         let mut c = Command::new("sudo");
         c.arg(&bin);
         c
     } else {
-        bail!("mm-probe needs root to load eBPF programs and sudo is not installed: run as root");
+        eprintln!(
+            "xtask: not root and no sudo: the dashboard runs the engine only; \
+             run as root for the host side"
+        );
+        Command::new(&bin)
     };
-    cmd.arg("run").args(&o.args);
+    cmd.args(&o.args);
     exec(&mut cmd)
 }

@@ -49,7 +49,9 @@ pub fn run(o: Options) -> Result<()> {
         );
     }
     step("toolchain", || {
-        toolchain::ensure_components(&["rustfmt", "clippy", "rust-src"])
+        toolchain::ensure_components(&["rustfmt", "clippy", "rust-src"])?;
+        // The dashboard's end-to-end test drives it in tmux.
+        toolchain::ensure_debian_packages(&[("tmux", "tmux")])
     })?;
     step("build-ebpf", || {
         build_ebpf::run(build_ebpf::Options::default()).map(|_| ())
@@ -128,7 +130,12 @@ pub fn run(o: Options) -> Result<()> {
         install::run(install::Options {
             prefix: prefix.clone(),
         })?;
-        check_installed(&prefix.join("bin/mm-probe"))
+        check_installed(&prefix.join("bin/mm-probe"))?;
+        exec(
+            Command::new(prefix.join("bin/mm-tui"))
+                .arg("--version")
+                .current_dir("/"),
+        )
     })?;
     eprintln!(
         "\nxtask test: all steps passed in {:.0}s",

@@ -616,6 +616,40 @@ impl ProcessStats {
     pub fn total_wait_ns(&self) -> u64 {
         self.mmap_lock.read.wait.sum() + self.mmap_lock.write.wait.sum()
     }
+
+    /// Add another process's counts into this one (to show several
+    /// processes as one). Identity is this one's; contexts are merged by
+    /// context, mode and locality and stay sorted; the write holder is
+    /// kept if either has one.
+    pub fn merge(&mut self, o: &Self) {
+        let f = &mut self.faults;
+        let (u, k) = (f.user.to_array(), f.kernel.to_array());
+        let (ou, ok) = (o.faults.user.to_array(), o.faults.kernel.to_array());
+        f.user = FaultCounts::from_array(std::array::from_fn(|i| u[i] + ou[i]));
+        f.kernel = FaultCounts::from_array(std::array::from_fn(|i| k[i] + ok[i]));
+        f.mmap_lock_fallbacks += o.faults.mmap_lock_fallbacks;
+        self.mmap_lock.read.merge(&o.mmap_lock.read);
+        self.mmap_lock.write.merge(&o.mmap_lock.write);
+        self.mmap_lock.downgrades += o.mmap_lock.downgrades;
+        for c in &o.contexts {
+            match self.contexts.iter_mut().find(|m| m.same_key(c)) {
+                Some(m) => {
+                    m.acquisitions += c.acquisitions;
+                    m.contended += c.contended;
+                    m.wait.merge(&c.wait);
+                    m.hold.merge(&c.hold);
+                }
+                None => self.contexts.push(c.clone()),
+            }
+        }
+        self.contexts
+            .sort_by(|a, b| (&a.context, a.mode, a.remote).cmp(&(&b.context, b.mode, b.remote)));
+        self.drops.events_dropped += o.drops.events_dropped;
+        self.drops.unmatched_releases += o.drops.unmatched_releases;
+        if self.write_holder.is_none() {
+            self.write_holder.clone_from(&o.write_holder);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -708,6 +742,43 @@ mod tests {
         let none = a.since(&a);
         assert!(none.contexts.is_empty());
         assert!(none.is_idle());
+    }
+
+    #[test]
+    fn merge_adds_and_keeps_contexts_sorted() {
+        let mut a = ProcessStats {
+            pid: 1,
+            ..Default::default()
+        };
+        a.mmap_lock.read.acquisitions = 2;
+        a.faults.user.add(FaultKind::ReadNotPresent, 3);
+        a.faults.mmap_lock_fallbacks = 1;
+        a.contexts = vec![ctx("munmap", 11, LockMode::Write, 2)];
+        let mut b = ProcessStats {
+            pid: 2,
+            ..Default::default()
+        };
+        b.mmap_lock.read.acquisitions = 5;
+        b.mmap_lock.write.contended = 1;
+        b.faults.kernel.add(FaultKind::WriteNotPresent, 4);
+        b.faults.mmap_lock_fallbacks = 2;
+        b.contexts = vec![
+            ctx("mmap", 9, LockMode::Write, 1),
+            ctx("munmap", 11, LockMode::Write, 3),
+        ];
+        a.merge(&b);
+        assert_eq!(a.pid, 1);
+        assert_eq!(a.mmap_lock.read.acquisitions, 7);
+        assert_eq!(a.mmap_lock.write.contended, 1);
+        assert_eq!(a.faults.total(), 7);
+        assert_eq!(a.faults.mmap_lock_fallbacks, 3);
+        let names: Vec<(&str, u64)> = a
+            .contexts
+            .iter()
+            .map(|c| (c.context.name(), c.acquisitions))
+            .collect();
+        assert_eq!(names, [("mmap", 1), ("munmap", 5)]);
+        assert_eq!(a.contexts[1].hold.count(), 5);
     }
 
     #[test]
