@@ -9,6 +9,8 @@
 //! installs or upgrades the PTE (and the access is retried) or reports
 //! SIGSEGV/SIGBUS to the caller.
 
+use std::ops::ControlFlow;
+
 use crate::{
     addr::PAGE_SIZE,
     mm::{Mm, MmConfig},
@@ -161,6 +163,12 @@ impl Mm {
     }
 }
 
+/// Whether a PTE already allows an access (a read, or a write with
+/// `write`) without a fault, as GUP checks before faulting a page in.
+pub(crate) fn allows(pte: &Pte, write: bool) -> bool {
+    matches!(pte, Pte::Present(p) if !write || p.write)
+}
+
 /// The signal an unsuccessful handle_mm_fault() raises.
 pub(crate) const fn fault_result(r: FaultResult) -> Result<(), AccessError> {
     match r {
@@ -177,7 +185,7 @@ fn pkey_denies(config: &MmConfig, vma: &Vma, access: Access) -> bool {
 }
 
 /// The x86 error code bits of an access, before the PTE is looked at.
-const fn access_code(access: Access) -> u64 {
+pub(crate) const fn access_code(access: Access) -> u64 {
     pf::USER
         | match access {
             Access::Read => 0,
@@ -200,30 +208,47 @@ pub(crate) fn hardware_access(
     access: Access,
     value: u8,
 ) -> Result<u8, u64> {
+    hardware_access_with(pt, config, addr, access, value, || Some(vma))
+        .unwrap_or(Err(access_code(access)))
+}
+
+/// [`hardware_access`] where the VMA is found by `vma`, called under the
+/// PTE lock and only if the PTE is present (an absent PTE faults whatever
+/// the VMA). `vma` returns None when it cannot tell without waiting; then
+/// nothing was done and None is returned.
+pub(crate) fn hardware_access_with<V: std::ops::Deref<Target = Vma>>(
+    pt: &PageTables,
+    config: &MmConfig,
+    addr: u64,
+    access: Access,
+    value: u8,
+    vma: impl FnOnce() -> Option<Option<V>>,
+) -> Option<Result<u8, u64>> {
     let code = access_code(access);
     let vpn = addr / PAGE_SIZE;
     let off = addr & (PAGE_SIZE - 1);
     let r = pt.with_pte(vpn, false, |slot| {
         let Pte::Present(p) = slot.get() else {
-            return Err(code);
+            return Some(Err(code));
         };
-        let Some(vma) = vma.filter(|v| v.contains(addr)) else {
+        let found = vma()?;
+        let Some(vma) = found.as_deref().filter(|v| v.contains(addr)) else {
             // A present PTE outside any VMA: only while a racing unmap
             // is between its VMA and page-table updates. Fault as if not
             // present; the fault handler decides under its lock.
-            return Err(code);
+            return Some(Err(code));
         };
         let code = code | pf::PROT;
         if pkey_denies(config, vma, access) {
-            return Err(code | pf::PK);
+            return Some(Err(code | pf::PK));
         }
         // PROT_NONE PTEs are present but inaccessible (_PAGE_PROTNONE).
         if !vma.flags.intersects(VmFlags::ACCESS) {
-            return Err(code);
+            return Some(Err(code));
         }
         match access {
-            Access::Write if !p.write => return Err(code),
-            Access::Exec if !vma.flags.contains(VmFlags::EXEC) => return Err(code),
+            Access::Write if !p.write => return Some(Err(code)),
+            Access::Exec if !vma.flags.contains(VmFlags::EXEC) => return Some(Err(code)),
             _ => {}
         }
         let page = p.page.clone();
@@ -233,15 +258,15 @@ pub(crate) fn hardware_access(
                 p.dirty = true;
             }
         });
-        Ok(match access {
+        Some(Ok(match access {
             Access::Write => {
                 page.write(off, value);
                 0
             }
             _ => page.read(off),
-        })
+        }))
     });
-    r.unwrap_or(Err(code))
+    r.unwrap_or(Some(Err(code)))
 }
 
 /// access_error() (arch/x86/mm/fault.c).
@@ -356,27 +381,66 @@ impl FaultEnv<'_> {
         let vpn = addr / PAGE_SIZE;
         let step = self
             .pt
-            .with_pte(vpn, true, |slot| match slot.get() {
-                Pte::Marker(Marker::Guard) => Step::Result(FaultResult::Segv),
-                Pte::None if !self.vma.is_anonymous() => Step::File,
-                _ if !(self.validate)() => Step::Result(FaultResult::Retry),
-                Pte::None => Step::Result(self.do_anonymous_page(slot, write)),
-                Pte::Present(p) => {
-                    if write && !p.write {
-                        let p = p.clone();
-                        self.do_wp_page(slot, &p);
-                    } else if write {
-                        slot.update(|e| e.dirty = true);
-                    }
-                    slot.update(|e| e.young = true);
-                    Step::Result(FaultResult::Done)
-                }
-            })
+            .with_pte(vpn, true, |slot| self.handle_pte(slot, write))
             .expect("allocated");
         match step {
             Step::Result(r) => r,
             Step::File => self.do_fault(addr, write),
         }
+    }
+
+    /// The part of handle_mm_fault() decided under the PTE lock.
+    fn handle_pte(&self, slot: &mut PteSlot<'_>, write: bool) -> Step {
+        match slot.get() {
+            Pte::Marker(Marker::Guard) => Step::Result(FaultResult::Segv),
+            Pte::None if !self.vma.is_anonymous() => Step::File,
+            _ if !(self.validate)() => Step::Result(FaultResult::Retry),
+            Pte::None => Step::Result(self.do_anonymous_page(slot, write)),
+            Pte::Present(p) => {
+                if write && !p.write {
+                    let p = p.clone();
+                    self.do_wp_page(slot, &p);
+                } else if write {
+                    slot.update(|e| e.dirty = true);
+                }
+                slot.update(|e| e.young = true);
+                Step::Result(FaultResult::Done)
+            }
+        }
+    }
+
+    /// handle_mm_fault() for every page of `[start, end)` (inside this
+    /// anonymous VMA) whose PTE does not allow the access yet, a
+    /// page-table page at a time (the GUP walk of populate). Stops at the
+    /// first fault that fails and returns it; `on_done` is called after
+    /// each completed fault with the page's number.
+    pub(crate) fn fault_in_anon(
+        &self,
+        start: u64,
+        end: u64,
+        write: bool,
+        mut on_done: impl FnMut(u64),
+    ) -> FaultResult {
+        debug_assert!(self.vma.is_anonymous());
+        let mut failed = FaultResult::Done;
+        let _ = self
+            .pt
+            .walk(start / PAGE_SIZE, end / PAGE_SIZE, true, |vpn, slot| {
+                if allows(slot.get(), write) {
+                    return ControlFlow::Continue(());
+                }
+                match self.handle_pte(slot, write) {
+                    Step::Result(FaultResult::Done) => on_done(vpn),
+                    Step::Result(FaultResult::Retry) => {}
+                    Step::Result(r) => {
+                        failed = r;
+                        return ControlFlow::Break(());
+                    }
+                    Step::File => unreachable!("an anonymous VMA"),
+                }
+                ControlFlow::Continue(())
+            });
+        failed
     }
 
     /// do_anonymous_page(): reads map the zero page read-only; writes get

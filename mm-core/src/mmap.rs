@@ -6,10 +6,12 @@
 //! The checks run in the kernel's order, so that when several errors apply
 //! the same errno wins.
 
+use std::ops::ControlFlow;
+
 use crate::{
     addr::{MMAP_MIN_ADDR, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, is_page_aligned, page_align},
     errno::{Errno, KResult},
-    fault::{EXEC_ONLY_PKEY, FaultResult},
+    fault::{EXEC_ONLY_PKEY, FaultEnv, FaultResult, allows, needs_anon_vma},
     file::{File, FileRef},
     mm::Mm,
     pgtable::Pte,
@@ -346,6 +348,12 @@ impl Mm {
     /// Fault in `[start, end)` (one VMA) for reading or writing, skipping
     /// pages whose PTE already allows it. Guard markers stop it (EFAULT).
     pub(crate) fn fault_in(&mut self, start: u64, end: u64, write: bool) -> KResult<()> {
+        if start >= end {
+            return Ok(());
+        }
+        if self.vmas.lookup(start).is_some_and(Vma::is_anonymous) {
+            return self.fault_in_anon(start, end, write);
+        }
         let mut a = start;
         while a < end {
             let ok = match self.pt.get(a / PAGE_SIZE) {
@@ -361,5 +369,44 @@ impl Mm {
             a += PAGE_SIZE;
         }
         Ok(())
+    }
+
+    /// [`Self::fault_in`] for an anonymous VMA, a page-table page at a
+    /// time: the same faults, in the same order, as one
+    /// [`Self::handle_mm_fault`] per page that needs one.
+    fn fault_in_anon(&mut self, start: u64, end: u64, write: bool) -> KResult<()> {
+        let v = self.vmas.lookup(start).expect("checked");
+        if needs_anon_vma(v, write) {
+            // The first fault prepares the anon_vma: is there one?
+            let mut ok = 0;
+            let _ = self
+                .pt
+                .walk(start / PAGE_SIZE, end / PAGE_SIZE, false, |_, slot| {
+                    ok += u64::from(allows(slot.get(), write));
+                    ControlFlow::Continue(())
+                });
+            if ok < (end - start) / PAGE_SIZE {
+                let vstart = v.start;
+                self.anon_vma_prepare(vstart);
+            }
+        }
+        let vma = self.vmas.lookup(start).expect("checked").clone();
+        let env = FaultEnv {
+            pt: &self.pt,
+            config: &self.config,
+            vma: &vma,
+            validate: &|| true,
+        };
+        let mut done = false;
+        let r = env.fault_in_anon(start, end, write, |_| done = true);
+        if done {
+            // Faulting pages in only adds to the RSS: its high-water mark
+            // is reached at the end.
+            self.update_hiwater();
+        }
+        match r {
+            FaultResult::Done | FaultResult::Retry => Ok(()),
+            FaultResult::Segv | FaultResult::Bus => Err(Errno::EFAULT),
+        }
     }
 }

@@ -81,12 +81,15 @@ impl Mm {
 
     /// Clear the PTEs of `[start, end)`; markers too when `markers`.
     pub(crate) fn zap_range(&mut self, start: u64, end: u64, shmem: bool, markers: bool) {
-        for vpn in self.pt.occupied(start / PAGE_SIZE, end / PAGE_SIZE) {
-            if !markers && self.pt.get(vpn).present().is_none() {
-                continue;
-            }
-            self.pt.take(vpn, shmem);
-        }
+        let _ = self
+            .pt
+            .walk(start / PAGE_SIZE, end / PAGE_SIZE, false, |_, slot| {
+                let pte = slot.get();
+                if pte.present().is_some() || (markers && !pte.is_none()) {
+                    slot.set(crate::pgtable::Pte::None, shmem);
+                }
+                std::ops::ControlFlow::Continue(())
+            });
     }
 }
 
@@ -99,9 +102,7 @@ pub(crate) fn zap_detached(
     end: u64,
 ) {
     for &(s, e, shmem) in detached {
-        for vpn in pt.occupied(s / PAGE_SIZE, e / PAGE_SIZE) {
-            pt.take(vpn, shmem);
-        }
+        pt.clear_range(s / PAGE_SIZE, e / PAGE_SIZE, shmem);
     }
     pt.free_empty(start / PAGE_SIZE, end / PAGE_SIZE);
 }

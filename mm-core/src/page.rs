@@ -87,12 +87,22 @@ fn next_pfn() -> u64 {
     })
 }
 
+/// Frames kept per thread for reuse (see [`Page::release`]).
+const FREE_MAX: usize = 8192;
+
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<PageRef>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A page frame.
 #[derive(Debug)]
 pub struct Page {
     pfn: u64,
     kind: PageKind,
     content: Mutex<Content>,
+    /// Whether `content` has a non-zero byte (changed under its lock): a
+    /// read of an all-zero page, or a store of zero to it, needs no lock.
+    nonzero: AtomicBool,
     mapcount: AtomicU32,
     anon_exclusive: AtomicBool,
 }
@@ -105,6 +115,7 @@ impl Page {
         Arc::new(Self {
             pfn: next_pfn(),
             kind,
+            nonzero: AtomicBool::new(!content.is_zero()),
             content: Mutex::new(content),
             mapcount: AtomicU32::new(0),
             anon_exclusive: AtomicBool::new(false),
@@ -119,9 +130,39 @@ impl Page {
 
     /// A fresh zero-filled anonymous page, exclusive to its first mapper.
     pub fn new_anon() -> PageRef {
+        if let Some(mut p) = FREE.with(|f| f.borrow_mut().pop()) {
+            if let Some(page) = Arc::get_mut(&mut p) {
+                page.pfn = next_pfn();
+                page.kind = PageKind::Anon;
+                page.content
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .clear();
+                *page.nonzero.get_mut() = false;
+                *page.mapcount.get_mut() = 0;
+                *page.anon_exclusive.get_mut() = true;
+                return p;
+            }
+        }
         let p = Self::new(PageKind::Anon, Content::default());
         p.anon_exclusive.store(true, Ordering::Relaxed);
         p
+    }
+
+    /// Give back a frame that nothing maps any more (a zap's): if this was
+    /// its last reference, its memory is kept on this thread's free list
+    /// for the next [`Self::new_anon`], as freed frames go to the page
+    /// allocator's per-CPU lists.
+    pub fn release(page: PageRef) {
+        if Arc::strong_count(&page) == 1 && Arc::weak_count(&page) == 0 {
+            FREE.with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < FREE_MAX {
+                    f.push(page);
+                }
+            });
+        }
     }
 
     /// An anonymous copy of `src` (copy-on-write).
@@ -164,6 +205,9 @@ impl Page {
     /// The byte at `off` (< PAGE_SIZE).
     pub fn read(&self, off: u64) -> u8 {
         debug_assert!(off < PAGE_SIZE);
+        if !self.nonzero.load(Ordering::Acquire) {
+            return 0;
+        }
         self.content.lock().expect("page lock").get(off as u16)
     }
 
@@ -171,12 +215,19 @@ impl Page {
     /// page is never written).
     pub fn write(&self, off: u64, v: u8) {
         debug_assert!(off < PAGE_SIZE && !self.is_zero_page());
-        self.content.lock().expect("page lock").set(off as u16, v);
+        if v == 0 && !self.nonzero.load(Ordering::Acquire) {
+            return;
+        }
+        let mut c = self.content.lock().expect("page lock");
+        c.set(off as u16, v);
+        self.nonzero.store(!c.is_zero(), Ordering::Release);
     }
 
     /// Zero the whole page (a freshly truncated page-cache page).
     pub fn clear(&self) {
-        *self.content.lock().expect("page lock") = Content::default();
+        let mut c = self.content.lock().expect("page lock");
+        *c = Content::default();
+        self.nonzero.store(false, Ordering::Release);
     }
 
     /// Number of PTEs mapping this frame.

@@ -25,7 +25,7 @@
 //! All methods take `&self`; the single-threaded engine uses the same code
 //! (an uncontended lock costs tens of nanoseconds).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, ops::ControlFlow};
 
 use crate::{
     addr::PTRS_PER_PTE,
@@ -126,16 +126,31 @@ pub struct Rss {
 #[derive(Debug, Default)]
 struct RssCounters(crate::percpu::PerCpuCounters<3>);
 
-impl RssCounters {
-    fn account(&self, page: &PageRef, shmem: bool, delta: i64) {
+/// Changes to the RSS counters made under one PTE lock, added to the
+/// counters when it is released (as the kernel batches them in
+/// add_mm_rss_vec() after zap_pte_range).
+#[derive(Default)]
+struct RssDelta([i64; 3]);
+
+impl RssDelta {
+    fn account(&mut self, page: &PageRef, shmem: bool, delta: i64) {
         let i = match page.kind() {
             PageKind::Zero => return,
             PageKind::Anon => 0,
             PageKind::File { .. } if shmem => 2,
             PageKind::File { .. } => 1,
         };
-        // Two's complement: a stripe may go "negative"; the sum is right.
-        self.0.add(i, delta as u64);
+        self.0[i] += delta;
+    }
+
+    fn flush(&self, to: &RssCounters) {
+        for (i, d) in self.0.iter().enumerate() {
+            if *d != 0 {
+                // Two's complement: a stripe may go "negative"; the sum
+                // is right.
+                to.0.add(i, *d as u64);
+            }
+        }
     }
 }
 
@@ -189,7 +204,7 @@ fn split(vpn: u64) -> (u64, usize) {
 pub struct PteSlot<'a> {
     table: &'a mut PteTable,
     index: usize,
-    rss: &'a RssCounters,
+    rss: &'a mut RssDelta,
 }
 
 impl PteSlot<'_> {
@@ -282,13 +297,18 @@ impl PageTables {
                 // (free_empty takes the shard for write first).
                 let dir = read_dir(shard);
                 if let Some(page) = dir.get(&t) {
-                    let mut table = lock_table(page);
-                    let mut slot = PteSlot {
-                        table: &mut table,
-                        index,
-                        rss: &self.rss,
+                    let mut rss = RssDelta::default();
+                    let r = {
+                        let mut table = lock_table(page);
+                        let mut slot = PteSlot {
+                            table: &mut table,
+                            index,
+                            rss: &mut rss,
+                        };
+                        f(&mut slot)
                     };
-                    return Some(f(&mut slot));
+                    rss.flush(&self.rss);
+                    return Some(r);
                 }
             }
             if !alloc {
@@ -302,6 +322,102 @@ impl PageTables {
                 })
             });
         }
+    }
+
+    /// Run `f` on the locked page-table page `t` (the PMD entry's table),
+    /// as [`Self::with_pte`] does for one entry.
+    fn with_table<R>(&self, t: u64, alloc: bool, f: impl FnOnce(&mut PteTable) -> R) -> Option<R> {
+        let shard = self.shard(t);
+        loop {
+            {
+                let dir = read_dir(shard);
+                if let Some(page) = dir.get(&t) {
+                    return Some(f(&mut lock_table(page)));
+                }
+            }
+            if !alloc {
+                return None;
+            }
+            write_dir(shard).entry(t).or_insert_with(|| {
+                Arc::new(PtePage {
+                    ptl: Mutex::new(PteTable::new()),
+                })
+            });
+        }
+    }
+
+    /// The page-table pages that may hold entries of tables
+    /// `first..=last`: every index with `alloc` (they are allocated), else
+    /// the allocated ones.
+    fn tables(&self, first: u64, last: u64, alloc: bool) -> Vec<u64> {
+        if alloc || last - first < DIR_SHARDS as u64 {
+            return (first..=last).collect();
+        }
+        let mut ts: Vec<u64> = Vec::new();
+        for shard in self.dir.iter() {
+            ts.extend(read_dir(shard).range(first..=last).map(|(t, _)| *t));
+        }
+        ts.sort_unstable();
+        ts
+    }
+
+    /// Walk the entries of `[start_vpn, end_vpn)` in order, one
+    /// page-table page at a time with its lock held across its entries (a
+    /// `pte_offset_map_lock` / `pte_unmap_unlock` per table, as
+    /// zap_pte_range and the GUP walk do), calling `f` on each entry until
+    /// it breaks. With `alloc`, missing page-table pages are allocated;
+    /// without, their (empty) entries are skipped, as are tables holding
+    /// nothing.
+    pub fn walk(
+        &self,
+        start_vpn: u64,
+        end_vpn: u64,
+        alloc: bool,
+        mut f: impl FnMut(u64, &mut PteSlot<'_>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        if start_vpn >= end_vpn {
+            return ControlFlow::Continue(());
+        }
+        let (first, last) = (split(start_vpn).0, split(end_vpn - 1).0);
+        for t in self.tables(first, last, alloc) {
+            let base = t * PTRS_PER_PTE;
+            let from = start_vpn.max(base) - base;
+            let to = end_vpn.min(base + PTRS_PER_PTE) - base;
+            let mut rss = RssDelta::default();
+            let r = self.with_table(t, alloc, |table| {
+                if !alloc && table.used == 0 {
+                    return ControlFlow::Continue(());
+                }
+                for index in from as usize..to as usize {
+                    let mut slot = PteSlot {
+                        table: &mut *table,
+                        index,
+                        rss: &mut rss,
+                    };
+                    f(base + index as u64, &mut slot)?;
+                }
+                ControlFlow::Continue(())
+            });
+            rss.flush(&self.rss);
+            if let Some(ControlFlow::Break(())) = r {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Clear every non-empty entry of `[start_vpn, end_vpn)` (markers
+    /// too), a page-table page at a time (zap_pte_range). `shmem` tells
+    /// whether file pages here belong to shmem (for RSS accounting).
+    pub fn clear_range(&self, start_vpn: u64, end_vpn: u64, shmem: bool) {
+        let _ = self.walk(start_vpn, end_vpn, false, |_, slot| {
+            if !slot.get().is_none() {
+                if let Pte::Present(p) = slot.set(Pte::None, shmem) {
+                    crate::page::Page::release(p.page);
+                }
+            }
+            ControlFlow::Continue(())
+        });
     }
 
     /// The entry for `vpn` (a copy, read under its lock).

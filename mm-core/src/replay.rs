@@ -22,9 +22,9 @@
 //! skipped.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
     sync::{
-        Arc,
+        OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -190,32 +190,6 @@ fn replay_op(op: &Op, result: &Outcome, file_id: u32) -> (Op, Option<(u32, u64)>
     }
 }
 
-enum Work {
-    Call {
-        op: Op,
-    },
-    Brk {
-        addr: u64,
-    },
-    Access {
-        addr: u64,
-        access: Access,
-        user: bool,
-    },
-    Skip,
-}
-
-struct Item {
-    index: usize,
-    t_ns: u64,
-    /// System calls recorded before this record.
-    calls_before: usize,
-    /// (thread, items of it that must be done first): earlier accesses of
-    /// other threads to the pages this call changes.
-    deps: Vec<(usize, usize)>,
-    work: Work,
-}
-
 /// The address ranges a call may change.
 fn op_ranges(op: &Op) -> Vec<(u64, u64)> {
     let span = |a: u64, l: u64| (a, a.saturating_add(l));
@@ -250,9 +224,372 @@ fn access_of(code: u64) -> Access {
     }
 }
 
+/// What a replay thread does for one record.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// A system call (or brk): the next in the calls' order.
+    Call,
+    /// An access at `Step::addr`, by the user or by the kernel.
+    Access(Access, bool),
+    /// A call without an op form.
+    Skip,
+}
+
+/// One record of a thread's part of the trace, with its ordering
+/// constraints.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    /// Index of the record in the trace.
+    index: usize,
+    /// System calls recorded before this record (for a call, its number in
+    /// the calls' order).
+    calls_before: usize,
+    /// The address of an access.
+    addr: u64,
+    kind: Kind,
+    /// Another thread's call waits until this step is done: publish the
+    /// thread's progress after it.
+    publish: bool,
+}
+
+/// A system call as replayed.
+#[derive(Clone, Debug)]
+enum CallOp {
+    Op(Op),
+    Brk(u64),
+}
+
+/// One system call of the trace, in recorded order.
+#[derive(Debug)]
+struct Call {
+    record: usize,
+    tid: u32,
+    op: CallOp,
+    recorded: Outcome,
+    /// The range of [`Plan::deps`] this call waits for.
+    deps: std::ops::Range<usize>,
+}
+
+/// A hasher for page numbers (Fibonacci hashing): the page index sees
+/// millions of lookups, where SipHash would cost more than the work.
+#[derive(Default, Clone, Copy)]
+struct PageHasher(u64);
+
+impl std::hash::Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type PageMap = HashMap<u64, usize, std::hash::BuildHasherDefault<PageHasher>>;
+
+/// The trace split by thread, with the ordering constraints worked out.
+struct Plan {
+    /// Recorded thread ids, sorted: replay thread `i` plays `tids[i]`.
+    tids: Vec<u32>,
+    /// Each thread's steps.
+    threads: Vec<Vec<Step>>,
+    /// The system calls in recorded order.
+    calls: Vec<Call>,
+    /// (thread, steps of it that must be done first), by call.
+    deps: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    /// Split the trace; creates the stand-in files of file mappings on
+    /// `mm` as it goes.
+    fn new(trace: &Trace, mm: &SharedMm) -> Self {
+        let tids: Vec<u32> = {
+            let mut v: Vec<u32> = trace.records.iter().map(|r| r.tid).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let mut thread_of: HashMap<u32, usize> = HashMap::with_capacity(tids.len());
+        for (i, t) in tids.iter().enumerate() {
+            thread_of.insert(*t, i);
+        }
+        let mut threads: Vec<Vec<Step>> = vec![Vec::new(); tids.len()];
+        // Per thread, per page: its steps up to the last access to the page
+        // since a call last changed it.
+        let mut touched: Vec<PageMap> = vec![PageMap::default(); tids.len()];
+        let mut calls: Vec<Call> = Vec::new();
+        let mut deps: Vec<(usize, usize)> = Vec::new();
+        let mut next_file = 0u32;
+        for (index, r) in trace.records.iter().enumerate() {
+            let calls_before = calls.len();
+            let me = thread_of[&r.tid];
+            let pos = threads[me].len();
+            let mut step = Step {
+                index,
+                calls_before,
+                addr: 0,
+                kind: Kind::Skip,
+                publish: false,
+            };
+            let call = |op: CallOp, recorded: Outcome, deps: std::ops::Range<usize>| Call {
+                record: index,
+                tid: r.tid,
+                op,
+                recorded,
+                deps,
+            };
+            match &r.event {
+                Event::Syscall { op, result, .. } => {
+                    let (op, file) = replay_op(op, result, next_file);
+                    let first = deps.len();
+                    for (s, e) in op_ranges(&op) {
+                        let (ps, pe) = (s / 4096, e.div_ceil(4096));
+                        for (t, pages) in touched.iter_mut().enumerate() {
+                            let mut last = 0;
+                            if pe - ps <= pages.len() as u64 {
+                                for p in ps..pe {
+                                    if let Some(n) = pages.remove(&p) {
+                                        last = last.max(n);
+                                    }
+                                }
+                            } else {
+                                pages.retain(|p, n| {
+                                    let inside = (ps..pe).contains(p);
+                                    if inside {
+                                        last = last.max(*n);
+                                    }
+                                    !inside
+                                });
+                            }
+                            if t == me || last == 0 {
+                                continue;
+                            }
+                            match deps[first..].iter_mut().find(|d| d.0 == t) {
+                                Some(d) => d.1 = d.1.max(last),
+                                None => deps.push((t, last)),
+                            }
+                        }
+                    }
+                    for &(t, n) in &deps[first..] {
+                        threads[t][n - 1].publish = true;
+                    }
+                    if let Some((id, size)) = file {
+                        next_file += 1;
+                        mm.apply(&Op::CreateFile {
+                            id,
+                            size: size.div_ceil(4096) * 4096,
+                            fill: 0,
+                        });
+                    }
+                    calls.push(call(CallOp::Op(op), *result, first..deps.len()));
+                    step.kind = Kind::Call;
+                }
+                Event::Fault { addr, code, user } => {
+                    touched[me].insert(addr / 4096, pos + 1);
+                    step.addr = *addr;
+                    step.kind = Kind::Access(access_of(*code), *user);
+                }
+                Event::Raw {
+                    nr: crate::trace::nr::BRK,
+                    args,
+                    ret,
+                    ..
+                } => {
+                    let n = deps.len();
+                    calls.push(call(CallOp::Brk(args[0]), Outcome::Ok(*ret as u64), n..n));
+                    step.kind = Kind::Call;
+                }
+                Event::Raw { .. } => {}
+            }
+            threads[me].push(step);
+        }
+        Self {
+            tids,
+            threads,
+            calls,
+            deps,
+        }
+    }
+}
+
+/// A counter on its own cache lines.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// How replay threads wait for each other: spin briefly, then sleep
+/// (park) until the thread that moves the awaited counter far enough
+/// wakes them. Threads that only wait use no CPU, which matters when
+/// there are more recorded threads than cores, and only the thread whose
+/// condition holds is woken.
+struct Gate {
+    /// Calls done.
+    done: Padded<AtomicUsize>,
+    /// Per thread: steps done (published where another thread waits).
+    progress: Vec<Padded<AtomicUsize>>,
+    /// Per thread: what it sleeps on, or is about to.
+    sleep: Vec<Padded<Sleeper>>,
+    /// Per thread: its handle, for waking it.
+    handles: Vec<OnceLock<std::thread::Thread>>,
+}
+
+/// A sleeping thread's condition: counter `counter` (0: none, 1: calls
+/// done, 2 + t: thread t's progress) at least `value`.
+#[derive(Default)]
+struct Sleeper {
+    counter: AtomicUsize,
+    value: AtomicUsize,
+}
+
+/// Checks of a condition before a waiter sleeps (about a microsecond):
+/// with more replay threads than cores, longer spins take the CPU from
+/// the thread being waited for.
+const SPINS: u32 = 50;
+
+/// [`Sleeper::counter`] of the calls-done counter.
+const DONE: usize = 1;
+
+impl Gate {
+    fn new(threads: usize) -> Self {
+        Self {
+            done: Padded::default(),
+            progress: (0..threads).map(|_| Padded::default()).collect(),
+            sleep: (0..threads).map(|_| Padded::default()).collect(),
+            handles: (0..threads).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn counter(&self, c: usize) -> &AtomicUsize {
+        if c == DONE {
+            &self.done.0
+        } else {
+            &self.progress[c - 2].0
+        }
+    }
+
+    /// Wait, as thread `me`, until counter `c` is at least `value`.
+    fn wait(&self, me: usize, c: usize, value: usize) {
+        let counter = self.counter(c);
+        if counter.load(Ordering::Acquire) >= value {
+            return;
+        }
+        for _ in 0..SPINS {
+            std::hint::spin_loop();
+            if counter.load(Ordering::Acquire) >= value {
+                return;
+            }
+        }
+        let s = &self.sleep[me].0;
+        s.value.store(value, Ordering::Relaxed);
+        // Announce the sleep before the last check; a thread that moves
+        // the counter after the check sees the announcement (both sides
+        // are sequentially consistent) and wakes us.
+        s.counter.store(c, Ordering::SeqCst);
+        while counter.load(Ordering::SeqCst) < value {
+            std::thread::park();
+        }
+        s.counter.store(0, Ordering::Relaxed);
+    }
+
+    /// Wake the threads sleeping on counter `c` whose condition now holds.
+    fn wake(&self, c: usize, now: usize) {
+        for (t, s) in self.sleep.iter().enumerate() {
+            if s.0.counter.load(Ordering::SeqCst) == c && s.0.value.load(Ordering::Relaxed) <= now {
+                if let Some(h) = self.handles[t].get() {
+                    h.unpark();
+                }
+            }
+        }
+    }
+
+    fn call_done(&self) {
+        let now = self.done.0.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake(DONE, now);
+    }
+
+    fn publish(&self, me: usize, steps: usize) {
+        self.progress[me].0.store(steps, Ordering::SeqCst);
+        self.wake(2 + me, steps);
+    }
+}
+
+/// What one replay thread found.
+#[derive(Default)]
+struct ThreadResult {
+    /// (call number, what the engine returned).
+    calls: Vec<(usize, Outcome)>,
+    faults: u64,
+    segv: u64,
+    skipped: u64,
+    segv_at: Vec<(usize, u64)>,
+}
+
+/// Play thread `me`'s steps.
+fn run_thread(
+    me: usize,
+    plan: &Plan,
+    trace: &Trace,
+    mm: &SharedMm,
+    gate: &Gate,
+    opts: ReplayOptions,
+    start: Instant,
+) -> ThreadResult {
+    let _ = gate.handles[me].set(std::thread::current());
+    let mut out = ThreadResult::default();
+    for (pos, st) in plan.threads[me].iter().enumerate() {
+        if let Some(speed) = opts.speed {
+            let t_ns = trace.records[st.index].t_ns;
+            let due = start + Duration::from_nanos((t_ns as f64 / speed) as u64);
+            wait_until(due);
+        }
+        gate.wait(me, DONE, st.calls_before);
+        match st.kind {
+            Kind::Call => {
+                let call = &plan.calls[st.calls_before];
+                for &(t, n) in &plan.deps[call.deps.clone()] {
+                    gate.wait(me, 2 + t, n);
+                }
+                let res = match &call.op {
+                    CallOp::Op(op) => mm.apply(op),
+                    CallOp::Brk(addr) => Outcome::Ok(mm.brk(*addr)),
+                };
+                gate.call_done();
+                out.calls.push((st.calls_before, res));
+            }
+            Kind::Access(access, user) => {
+                out.faults += 1;
+                // The value written is not recorded; zero keeps the
+                // engine's sparse page contents empty.
+                let r = if user {
+                    mm.access(st.addr, access, 0)
+                } else {
+                    mm.access_kernel(st.addr, access, 0)
+                };
+                if matches!(r, Err(AccessError::Segv(_) | AccessError::Bus)) {
+                    out.segv += 1;
+                    if out.segv_at.len() < 16 {
+                        out.segv_at.push((st.index, st.addr));
+                    }
+                }
+            }
+            Kind::Skip => out.skipped += 1,
+        }
+        if st.publish {
+            gate.publish(me, pos + 1);
+        }
+    }
+    out
+}
+
 /// Replay a trace.
 pub fn replay(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
-    let mm = Arc::new(SharedMm::new(MmConfig::default(), opts.strategy));
+    let mm = SharedMm::new(MmConfig::default(), opts.strategy);
     // The brk area: the heap's place, or the first brk(0)'s answer.
     let first_brk = trace.records.iter().find_map(|r| match r.event {
         Event::Raw {
@@ -286,172 +623,48 @@ pub fn replay(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
             offset: 0,
         });
     }
-    // Split the records by thread, with their ordering constraints.
-    let mut per_thread: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
-    let tids: Vec<u32> = {
-        let mut v: Vec<u32> = trace.records.iter().map(|r| r.tid).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
-    let thread_of = |tid: u32| tids.binary_search(&tid).expect("collected above");
-    // Per page: (thread, its items up to the last access to the page).
-    let mut touched: BTreeMap<u64, Vec<(usize, usize)>> = BTreeMap::new();
-    let mut calls = 0usize;
-    let mut next_file = 0u32;
-    let mut recorded: Vec<(usize, u32, Outcome)> = Vec::new();
-    for (index, r) in trace.records.iter().enumerate() {
-        let calls_before = calls;
-        let me = thread_of(r.tid);
-        let pos = per_thread.get(&r.tid).map_or(0, Vec::len);
-        let mut deps: Vec<(usize, usize)> = Vec::new();
-        let work = match &r.event {
-            Event::Syscall { op, result, .. } => {
-                let (op, file) = replay_op(op, result, next_file);
-                for (s, e) in op_ranges(&op) {
-                    let pages: Vec<u64> = touched
-                        .range(s / 4096..e.div_ceil(4096))
-                        .map(|(p, _)| *p)
-                        .collect();
-                    for p in pages {
-                        for (t, n) in touched.remove(&p).unwrap_or_default() {
-                            if t == me {
-                                continue;
-                            }
-                            match deps.iter_mut().find(|d| d.0 == t) {
-                                Some(d) => d.1 = d.1.max(n),
-                                None => deps.push((t, n)),
-                            }
-                        }
-                    }
-                }
-                if let Some((id, size)) = file {
-                    next_file += 1;
-                    mm.apply(&Op::CreateFile {
-                        id,
-                        size: size.div_ceil(4096) * 4096,
-                        fill: 0,
-                    });
-                }
-                calls += 1;
-                recorded.push((index, r.tid, *result));
-                Work::Call { op }
-            }
-            Event::Fault { addr, code, user } => {
-                let e = touched.entry(addr / 4096).or_default();
-                match e.iter_mut().find(|x| x.0 == me) {
-                    Some(x) => x.1 = pos + 1,
-                    None => e.push((me, pos + 1)),
-                }
-                Work::Access {
-                    addr: *addr,
-                    access: access_of(*code),
-                    user: *user,
-                }
-            }
-            Event::Raw {
-                nr: crate::trace::nr::BRK,
-                args,
-                ret,
-                ..
-            } => {
-                calls += 1;
-                recorded.push((index, r.tid, Outcome::Ok(*ret as u64)));
-                Work::Brk { addr: args[0] }
-            }
-            Event::Raw { .. } => Work::Skip,
-        };
-        per_thread.entry(r.tid).or_default().push(Item {
-            index,
-            t_ns: r.t_ns,
-            calls_before,
-            deps,
-            work,
-        });
-    }
+    let plan = Plan::new(trace, &mm);
     mm.reset_stats();
-    let done = Arc::new(AtomicUsize::new(0));
-    let progress: Arc<Vec<AtomicUsize>> =
-        Arc::new((0..tids.len()).map(|_| AtomicUsize::new(0)).collect());
+    let gate = Gate::new(plan.tids.len());
     let start = Instant::now();
-    let handles: Vec<_> = per_thread
-        .into_iter()
-        .map(|(tid, items)| {
-            let (mm, done, progress) = (mm.clone(), done.clone(), progress.clone());
-            let me = thread_of(tid);
-            std::thread::spawn(move || {
-                let mut out = Vec::new();
-                let mut segv_at = Vec::new();
-                let (mut faults, mut segv, mut skipped) = (0u64, 0u64, 0u64);
-                for it in items {
-                    if let Some(speed) = opts.speed {
-                        let due = start + Duration::from_nanos((it.t_ns as f64 / speed) as u64);
-                        wait_until(due);
-                    }
-                    while done.load(Ordering::Acquire) < it.calls_before
-                        || it
-                            .deps
-                            .iter()
-                            .any(|(t, n)| progress[*t].load(Ordering::Acquire) < *n)
-                    {
-                        std::thread::yield_now();
-                    }
-                    match it.work {
-                        Work::Call { op } => {
-                            let res = mm.apply(&op);
-                            done.fetch_add(1, Ordering::AcqRel);
-                            out.push((it.index, tid, crate::trace::format_op(&op), res));
-                        }
-                        Work::Brk { addr } => {
-                            let res = Outcome::Ok(mm.brk(addr));
-                            done.fetch_add(1, Ordering::AcqRel);
-                            out.push((it.index, tid, format!("brk addr={addr:#x}"), res));
-                        }
-                        Work::Access { addr, access, user } => {
-                            faults += 1;
-                            let v = u8::from(access == Access::Write);
-                            let r = if user {
-                                mm.access(addr, access, v)
-                            } else {
-                                mm.access_kernel(addr, access, v)
-                            };
-                            if matches!(r, Err(AccessError::Segv(_) | AccessError::Bus)) {
-                                segv += 1;
-                                if segv_at.len() < 16 {
-                                    segv_at.push((it.index, addr));
-                                }
-                            }
-                        }
-                        Work::Skip => skipped += 1,
-                    }
-                    progress[me].fetch_add(1, Ordering::Release);
-                }
-                (out, faults, segv, skipped, segv_at)
+    let results: Vec<ThreadResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..plan.tids.len())
+            .map(|me| {
+                let (plan, mm, gate) = (&plan, &mm, &gate);
+                s.spawn(move || run_thread(me, plan, trace, mm, gate, opts, start))
             })
-        })
-        .collect();
-    let mut results = Vec::new();
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a replay thread panicked"))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut replayed: Vec<Option<Outcome>> = vec![None; plan.calls.len()];
     let (mut faults, mut segv, mut skipped) = (0, 0, 0);
     let mut segv_first = Vec::new();
-    for h in handles {
-        let (o, f, s, k, at) = h.join().expect("a replay thread panicked");
-        results.extend(o);
-        segv_first.extend(at);
-        faults += f;
-        segv += s;
-        skipped += k;
+    for r in results {
+        for (c, o) in r.calls {
+            replayed[c] = Some(o);
+        }
+        segv_first.extend(r.segv_at);
+        faults += r.faults;
+        segv += r.segv;
+        skipped += r.skipped;
     }
-    let elapsed = start.elapsed();
-    results.sort_by_key(|r| r.0);
-    let calls: Vec<CallResult> = results
-        .into_iter()
-        .zip(recorded)
-        .map(|((index, tid, op, replayed), (_, _, rec))| CallResult {
-            record: index,
-            tid,
-            op,
-            recorded: rec,
-            replayed,
+    let calls: Vec<CallResult> = plan
+        .calls
+        .iter()
+        .zip(replayed)
+        .map(|(c, o)| CallResult {
+            record: c.record,
+            tid: c.tid,
+            op: match &c.op {
+                CallOp::Op(op) => crate::trace::format_op(op),
+                CallOp::Brk(addr) => format!("brk addr={addr:#x}"),
+            },
+            recorded: c.recorded,
+            replayed: o.expect("every call is replayed"),
         })
         .collect();
     ReplayReport {

@@ -37,7 +37,7 @@ use crate::{
     apply::Files,
     fault::{
         Access, AccessError, FaultEnv, FaultResult, SegvCode, access_error, fault_result,
-        hardware_access, needs_anon_vma, pf,
+        hardware_access, hardware_access_with, needs_anon_vma, pf,
     },
     lockdep::{Held, LockClass, Lockdep, Mode},
     mm::{Mm, MmConfig},
@@ -672,7 +672,17 @@ impl SharedMm {
 
     /// The MMU on the published VMA tree: the access completes, or the
     /// error code of the fault it raises.
+    ///
+    /// The VMA is looked up under the PTE lock, and only for a present PTE
+    /// (an absent one faults whatever the VMA says); if that lookup would
+    /// have to wait for a writer's publication, the PTE lock is dropped and
+    /// the access made again with the VMA found first.
     fn mmu(&self, addr: u64, access: Access, value: u8) -> Result<u8, u64> {
+        if let Some(r) = hardware_access_with(&self.pt, &self.config, addr, access, value, || {
+            self.try_rcu_vma(addr)
+        }) {
+            return r;
+        }
         let vma = self.rcu_vma(addr);
         hardware_access(&self.pt, &self.config, vma.as_deref(), addr, access, value)
     }
@@ -710,21 +720,27 @@ impl SharedMm {
     /// tree (a few microseconds; the writer holds mmap_lock meanwhile).
     fn rcu_vma(&self, addr: u64) -> Option<std::sync::Arc<Vma>> {
         loop {
-            let found = self.tree.with(|tree| {
-                let (start, (end, obj)) = tree.range(..=addr).next_back()?;
-                if addr >= *end {
-                    return None;
-                }
-                Some(
-                    obj.vma()
-                        .filter(|v| (v.start, v.end) == (*start, *end) && obj.mm() == self.id),
-                )
-            })?;
-            if found.is_some() {
+            if let Some(found) = self.try_rcu_vma(addr) {
                 return found;
             }
             crate::sync::thread::yield_now();
         }
+    }
+
+    /// One look at the published tree for [`Self::rcu_vma`]; None: the
+    /// object found is being replaced (look again later).
+    fn try_rcu_vma(&self, addr: u64) -> Option<Option<std::sync::Arc<Vma>>> {
+        self.tree.with(|tree| {
+            let Some((start, (end, obj))) = tree.range(..=addr).next_back() else {
+                return Some(None);
+            };
+            if addr >= *end {
+                return Some(None);
+            }
+            obj.vma()
+                .filter(|v| (v.start, v.end) == (*start, *end) && obj.mm() == self.id)
+                .map(Some)
+        })
     }
 
     /// An access by the kernel to user memory (copy_to_user and friends,

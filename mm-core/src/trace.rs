@@ -780,16 +780,242 @@ fn parse_vma(words: &[&str]) -> Result<MapsEntry, String> {
     })
 }
 
+/// A number as [`parse_num`] reads it, for the plain forms only (decimal
+/// digits, or `0x` and hex digits, without overflow); None for anything
+/// else, which the general parser then reads (and reports).
+fn fast_num(s: &[u8]) -> Option<u64> {
+    if let Some(h) = s.strip_prefix(b"0x") {
+        if h.is_empty() || h.len() > 16 {
+            return None;
+        }
+        let mut v = 0u64;
+        for &b in h {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return None,
+            };
+            v = (v << 4) | u64::from(d);
+        }
+        Some(v)
+    } else {
+        if s.is_empty() {
+            return None;
+        }
+        let mut v = 0u64;
+        for &b in s {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
+        Some(v)
+    }
+}
+
+/// A well-formed fault line (`T TID fault addr=A code=C user|kernel`,
+/// single spaces, plain numbers, a user address), read without
+/// allocating; None for any other line, which [`parse_record`] reads.
+/// Faults are nearly every line of a large trace.
+fn fast_fault(line: &[u8]) -> Option<Record> {
+    let mut w = line.split(|&b| b == b' ');
+    let t_ns = fast_num(w.next()?)?;
+    let tid = u32::try_from(fast_num(w.next()?)?).ok()?;
+    if w.next()? != b"fault" {
+        return None;
+    }
+    let addr = fast_num(w.next()?.strip_prefix(b"addr=")?)?;
+    if addr >= USER_ADDR_LIMIT {
+        return None;
+    }
+    let code = fast_num(w.next()?.strip_prefix(b"code=")?)?;
+    let user = match w.next()? {
+        b"user" => true,
+        b"kernel" => false,
+        _ => return None,
+    };
+    if w.next().is_some() {
+        return None;
+    }
+    Some(Record {
+        t_ns,
+        tid,
+        event: Event::Fault { addr, code, user },
+    })
+}
+
+/// One record line (trimmed, not empty).
+fn record_line(line: &str) -> Result<Record, String> {
+    if let Some(r) = fast_fault(line.as_bytes()) {
+        return Ok(r);
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    parse_record(&words)
+}
+
+/// Lines of a buffer as `BufRead::lines` splits them: on `\n`, without a
+/// `\r` before it; no line after a final `\n`.
+struct Lines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (line, rest) = match self.rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&self.rest[..i], &self.rest[i + 1..]),
+            None => (self.rest, &self.rest[self.rest.len()..]),
+        };
+        self.rest = rest;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    }
+}
+
+/// A line as text, or the error `BufRead::lines` gives for it.
+fn line_text(bytes: &[u8], line_no: usize) -> Result<&str, TraceError> {
+    std::str::from_utf8(bytes).map_err(|_| {
+        TraceError::Io(format!(
+            "line {line_no}: {}",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8"
+            )
+        ))
+    })
+}
+
+/// The `end` line's words: (records it counts, drops).
+fn parse_end(words: &[&str]) -> Result<(Option<u64>, Option<u64>), String> {
+    let (mut records, mut drops) = (None, None);
+    for w in words {
+        match w.split_once('=') {
+            Some(("records", v)) => records = Some(parse_num(v)?),
+            Some(("drops", v)) => drops = Some(parse_num(v)?),
+            _ => return Err(format!("unexpected `{w}`")),
+        }
+    }
+    Ok((records, drops))
+}
+
+/// What a part of a trace's body (after its first record) holds. Line
+/// numbers in it are relative to the part's first line (0-based).
+#[derive(Default)]
+struct Part {
+    /// Lines in the part.
+    lines: usize,
+    records: Vec<Record>,
+    /// The line of the first record.
+    first_record: Option<usize>,
+    /// The first line with text or unreadable (a line there is an error
+    /// after an earlier part's `end`).
+    first_text: Option<usize>,
+    /// The first error in the part, at that line.
+    error: Option<(usize, TraceError)>,
+    /// The `end` line: its line, the records before it in the part, the
+    /// count it gives, the drops it gives.
+    end: Option<(usize, usize, Option<u64>, Option<u64>)>,
+}
+
+/// Read a part of the body (after the first record: every `vma` line
+/// there is misplaced), its records following `seed`'s.
+fn parse_part(bytes: &[u8], mut seed: Vec<Record>) -> Part {
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+    seed.reserve(lines);
+    let mut last_t = seed.last().map(|r| r.t_ns);
+    let mut part = Part {
+        records: seed,
+        ..Part::default()
+    };
+    for (i, raw) in (Lines { rest: bytes }).enumerate() {
+        part.lines = i + 1;
+        if part.error.is_some() {
+            continue;
+        }
+        let err = |m: String| Some((i, TraceError::at(i, m)));
+        let line = match line_text(raw, i) {
+            Ok(l) => l.trim(),
+            Err(e) => {
+                part.first_text.get_or_insert(i);
+                part.error = Some((i, e));
+                continue;
+            }
+        };
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        part.first_text.get_or_insert(i);
+        if part.end.is_some() {
+            part.error = err("text after the `end` line".into());
+            continue;
+        }
+        let first = line.split_whitespace().next().unwrap_or("");
+        match first {
+            "vma" => part.error = err("`vma` lines must come before the first record".into()),
+            "end" => {
+                let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+                match parse_end(&words) {
+                    Ok((n, d)) => part.end = Some((i, part.records.len(), n, d)),
+                    Err(m) => part.error = err(m),
+                }
+            }
+            _ => match record_line(line) {
+                Ok(r) => {
+                    if let Some(prev) = last_t {
+                        if r.t_ns < prev {
+                            part.error = err(format!(
+                                "time {} goes back (previous record: {prev})",
+                                r.t_ns
+                            ));
+                            continue;
+                        }
+                    } else {
+                        part.first_record = Some(i);
+                    }
+                    last_t = Some(r.t_ns);
+                    part.records.push(r);
+                }
+                Err(m) => part.error = err(m),
+            },
+        }
+    }
+    part
+}
+
 /// Read a whole trace. Any error names its line.
-pub fn parse(input: impl BufRead) -> Result<Trace, TraceError> {
+pub fn parse(mut input: impl BufRead) -> Result<Trace, TraceError> {
+    let mut bytes = Vec::new();
+    if let Err(e) = input.read_to_end(&mut bytes) {
+        let line_no = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(TraceError::Io(format!("line {line_no}: {e}")));
+    }
+    parse_bytes(&bytes)
+}
+
+/// Read a whole trace from its text. Any error names its line. A large
+/// body is read in parts on several threads; the result, and the error
+/// for a bad trace, are those of reading it line by line.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Trace, TraceError> {
+    // As many parts as there are CPUs, at least 4 MiB each.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    parse_parts(bytes, threads.min(bytes.len() / (4 << 20)).max(1))
+}
+
+/// [`parse_bytes`] with the body in `parts_n` parts.
+fn parse_parts(bytes: &[u8], parts_n: usize) -> Result<Trace, TraceError> {
     let mut trace = Trace::default();
     let mut state = 0; // 0: magic, 1: header, 2: body, 3: after `end`
     let mut line_no = 0;
-    let mut last_t = 0;
-    for line in input.lines() {
+    let mut lines = Lines { rest: bytes };
+    // The head, line by line, up to the first record.
+    while trace.records.is_empty() {
+        let Some(raw) = lines.next() else { break };
         line_no += 1;
-        let line = line.map_err(|e| TraceError::Io(format!("line {line_no}: {e}")))?;
-        let line = line.trim();
+        let line = line_text(raw, line_no)?.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -836,56 +1062,151 @@ pub fn parse(input: impl BufRead) -> Result<Trace, TraceError> {
             }
             2 => match words[0] {
                 "vma" => {
-                    if !trace.records.is_empty() {
-                        return Err(err("`vma` lines must come before the first record".into()));
-                    }
                     trace
                         .initial_vmas
                         .push(parse_vma(&words[1..]).map_err(err)?);
                 }
                 "end" => {
-                    let mut records = None;
-                    for w in &words[1..] {
-                        match w.split_once('=') {
-                            Some(("records", v)) => records = Some(parse_num(v).map_err(err)?),
-                            Some(("drops", v)) => trace.drops = parse_num(v).map_err(err)?,
-                            _ => return Err(err(format!("unexpected `{w}`"))),
-                        }
+                    let (n, d) = parse_end(&words[1..]).map_err(err)?;
+                    if let Some(d) = d {
+                        trace.drops = d;
                     }
-                    if let Some(n) = records {
-                        if n != trace.records.len() as u64 {
-                            return Err(err(format!(
-                                "`end` says {n} records but the trace has {}",
-                                trace.records.len()
-                            )));
+                    if let Some(n) = n {
+                        if n != 0 {
+                            return Err(err(format!("`end` says {n} records but the trace has 0")));
                         }
                     }
                     state = 3;
+                    break;
                 }
-                _ => {
-                    let r = parse_record(&words).map_err(err)?;
-                    if r.t_ns < last_t {
-                        return Err(err(format!(
-                            "time {} goes back (previous record: {last_t})",
-                            r.t_ns
-                        )));
-                    }
-                    last_t = r.t_ns;
-                    trace.records.push(r);
-                }
+                _ => trace.records.push(record_line(line).map_err(err)?),
             },
-            _ => return Err(err("text after the `end` line".into())),
+            _ => unreachable!("the head stops at `end`"),
         }
     }
-    match state {
-        0 => Err(TraceError::at(line_no.max(1), "empty trace")),
-        1 => Err(TraceError::at(line_no, "the trace has no `header` line")),
-        2 => Err(TraceError::at(
+    if state == 3 {
+        // Only blank lines and comments may follow.
+        for raw in lines {
+            line_no += 1;
+            let line = line_text(raw, line_no)?.trim();
+            if !(line.is_empty() || line.starts_with('#')) {
+                return Err(TraceError::at(line_no, "text after the `end` line"));
+            }
+        }
+        return Ok(trace);
+    }
+    if trace.records.is_empty() {
+        return Err(match state {
+            0 => TraceError::at(line_no.max(1), "empty trace"),
+            1 => TraceError::at(line_no, "the trace has no `header` line"),
+            _ => TraceError::at(
+                line_no,
+                "the trace ends without its `end` line (truncated? the recorder writes it when it stops)",
+            ),
+        });
+    }
+    // The body: in parts, one thread each, cut at line ends.
+    let body = lines.rest;
+    let mut cuts = vec![0];
+    for k in 1..parts_n {
+        let at = (body.len() * k / parts_n).max(*cuts.last().expect("non-empty"));
+        let end = body[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |i| at + i + 1);
+        cuts.push(end);
+    }
+    cuts.push(body.len());
+    // The first part carries on from the head's records.
+    let mut seed = Some(std::mem::take(&mut trace.records));
+    let parts: Vec<Part> = if parts_n == 1 {
+        vec![parse_part(body, seed.take().unwrap_or_default())]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = cuts
+                .windows(2)
+                .map(|w| {
+                    let b = &body[w[0]..w[1]];
+                    let seed = seed.take().unwrap_or_default();
+                    s.spawn(move || parse_part(b, seed))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("a trace parser thread panicked"))
+                .collect()
+        })
+    };
+    // Stitch, in line order, checking what crosses parts.
+    let mut last_t = 0;
+    let mut ended = false;
+    for part in parts {
+        let base = line_no;
+        let renumber = |e: TraceError| match e {
+            TraceError::Line { line, message } => TraceError::Line {
+                line: base + line + 1,
+                message,
+            },
+            TraceError::Io(m) => match m.split_once(": ") {
+                Some((l, rest)) => {
+                    let n: usize = l.trim_start_matches("line ").parse().unwrap_or(0);
+                    TraceError::Io(format!("line {}: {rest}", base + n + 1))
+                }
+                None => TraceError::Io(m),
+            },
+        };
+        if ended {
+            if let Some(i) = part.first_text {
+                return Err(match part.error {
+                    Some((l, e @ TraceError::Io(_))) if l == i => renumber(e),
+                    _ => TraceError::at(base + i + 1, "text after the `end` line"),
+                });
+            }
+        }
+        if let (Some(i), Some(first)) = (part.first_record, part.records.first()) {
+            if first.t_ns < last_t && part.error.as_ref().is_none_or(|(l, _)| *l > i) {
+                return Err(TraceError::at(
+                    base + i + 1,
+                    format!("time {} goes back (previous record: {last_t})", first.t_ns),
+                ));
+            }
+        }
+        if let Some((l, before, n, d)) = part.end {
+            if part.error.as_ref().is_none_or(|(e, _)| *e > l) {
+                let have = trace.records.len() + before;
+                if let Some(n) = n {
+                    if n != have as u64 {
+                        return Err(TraceError::at(
+                            base + l + 1,
+                            format!("`end` says {n} records but the trace has {have}"),
+                        ));
+                    }
+                }
+                if let Some(d) = d {
+                    trace.drops = d;
+                }
+                ended = true;
+            }
+        }
+        if let Some((_, e)) = part.error {
+            return Err(renumber(e));
+        }
+        if let Some(r) = part.records.last() {
+            last_t = r.t_ns;
+        }
+        if trace.records.is_empty() {
+            trace.records = part.records;
+        } else {
+            trace.records.extend(part.records);
+        }
+        line_no += part.lines;
+    }
+    if !ended {
+        return Err(TraceError::at(
             line_no,
             "the trace ends without its `end` line (truncated? the recorder writes it when it stops)",
-        )),
-        _ => Ok(trace),
+        ));
     }
+    Ok(trace)
 }
 
 #[cfg(test)]
@@ -1000,6 +1321,85 @@ mod tests {
             TraceError::Line { line, message } => (line, message),
             e => panic!("{e}"),
         }
+    }
+
+    /// Every way of cutting the body gives what reading it line by line
+    /// gives (one part), for good and bad traces.
+    #[test]
+    fn parts_read_as_one() {
+        let good = write(&sample());
+        let lines: Vec<&str> = good.lines().collect();
+        let with = |i: usize, l: &str| {
+            let mut v = lines.clone();
+            v[i] = l;
+            v.join("\n")
+        };
+        let end = lines.len() - 1;
+        let mut cases = vec![
+            good.clone(),
+            good.replace('\n', "\r\n"),
+            format!("{good}\n\n# trailing comment\n"),
+            format!("{good}5 1 munmap addr=0 len=0x1000 = 0\n"),
+            format!("{good}\n\nvma 1000-2000 rw-p 0\n"),
+            with(5, "1 1 munmap addr=0 len=0x1000 = 0"),
+            with(4, "3 4243 fault addr=0x1000 code=0x6 user"),
+            with(4, "30 4243 fault addr=0x1000 code=0x6 user"),
+            with(5, "vma 1000-2000 rw-p 0"),
+            with(6, "  10\t4243  fault addr=0x1000 code=6 kernel  "),
+            with(6, "20 4243 fault addr=+0x1000 code=0x6 user"),
+            with(6, "20 4243 fault addr=0x100000000000000 code=0x6 user"),
+            with(6, "20 99999999999 fault addr=0x1000 code=0x6 user"),
+            with(6, "20 1 fault addr=0x1000 code=0x6 user extra"),
+            with(5, "end records=2 drops=0"),
+            with(5, "end records=1 drops=0"),
+            with(end, "end records=6 drops=x"),
+            with(end, "end records=7"),
+            with(end, ""),
+            lines[..end].join("\n"),
+        ];
+        let mut bad_utf8 = good.clone().into_bytes();
+        let at = bad_utf8.len() - 40;
+        bad_utf8[at] = 0xff;
+        for c in &mut cases {
+            // Enough lines that every cut lands inside the body.
+            let extra: String = (0..40)
+                .map(|i| {
+                    format!(
+                        "{} 4243 fault addr={:#x} code=0x6 user\n",
+                        40 + i,
+                        0x1000 * i
+                    )
+                })
+                .collect();
+            if let Some(p) = c.find("end records=") {
+                let n: usize = c[p + 12..]
+                    .split(' ')
+                    .next()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let tail =
+                    c[p..].replacen(&format!("records={n}"), &format!("records={}", n + 40), 1);
+                *c = format!("{}{extra}{tail}", &c[..p]);
+            }
+        }
+        let mut inputs: Vec<Vec<u8>> = cases.into_iter().map(String::into_bytes).collect();
+        inputs.push(bad_utf8);
+        for input in &inputs {
+            let one = parse_parts(input, 1);
+            for k in 2..9 {
+                assert_eq!(
+                    parse_parts(input, k),
+                    one,
+                    "{k} parts of\n{}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+        assert_eq!(
+            parse_parts(inputs[0].as_slice(), 1).unwrap().records.len(),
+            46
+        );
+        assert!(parse_parts(&inputs[3], 1).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! a module with an `Options` struct and a `run` function.
 
 mod bench;
+mod bench_replay;
 mod build_ebpf;
 mod exec;
 mod install;
@@ -39,6 +40,9 @@ enum Command {
     Run(run::Options),
     /// Measure probe overhead on a page-fault-heavy workload vs no probe and vs bpftrace.
     BenchOverhead(bench::Options),
+    /// Record a fault-heavy preset and measure how much faster than it was
+    /// recorded it replays on the engine (or replay --trace FILE).
+    BenchReplay(bench_replay::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(o) => test::run(o),
         Command::Run(o) => run::run(o),
         Command::BenchOverhead(o) => bench::run(o),
+        Command::BenchReplay(o) => bench_replay::run(o),
     }
 }
 

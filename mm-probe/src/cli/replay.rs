@@ -54,10 +54,13 @@ fn parse_speed(s: &str) -> Result<Speed, String> {
 }
 
 pub fn run(a: &ReplayArgs) -> Result<i32> {
-    let f = std::fs::File::open(&a.trace)
-        .with_context(|| format!("cannot open {}", a.trace.display()))?;
-    let t = trace::parse(std::io::BufReader::new(f))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.trace.display()))?;
+    let started = std::time::Instant::now();
+    let bytes =
+        std::fs::read(&a.trace).with_context(|| format!("cannot open {}", a.trace.display()))?;
+    let t =
+        trace::parse_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", a.trace.display()))?;
+    drop(bytes);
+    let read_ns = started.elapsed().as_nanos() as u64;
     let reports: Vec<ReplayReport> = a
         .strategy
         .0
@@ -80,24 +83,26 @@ pub fn run(a: &ReplayArgs) -> Result<i32> {
                 "pid": t.header.pid,
                 "comm": t.header.comm,
                 "drops": t.drops,
+                "read_ns": read_ns,
                 "replays": reports,
             }))?
         ),
-        Format::Table => print!("{}", table(&t, &reports, a.maps)),
+        Format::Table => print!("{}", table(&t, &reports, a.maps, read_ns)),
     }
     Ok(0)
 }
 
-fn table(t: &trace::Trace, reports: &[ReplayReport], maps: bool) -> String {
+fn table(t: &trace::Trace, reports: &[ReplayReport], maps: bool, read_ns: u64) -> String {
     use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
     let mut s = format!(
-        "trace of pid {} ({}) on {}: {} records over {}, {} events lost\n",
+        "trace of pid {} ({}) on {}: {} records over {}, {} events lost (read in {})\n",
         t.header.pid,
         t.header.comm,
         t.header.kernel,
         t.records.len(),
         format_ns(t.records.last().map_or(0, |r| r.t_ns)),
-        t.drops
+        t.drops,
+        format_ns(read_ns)
     );
     if t.drops > 0 {
         s.push_str("warning: the recorder lost events; the replay lacks them\n");
@@ -110,6 +115,10 @@ fn table(t: &trace::Trace, reports: &[ReplayReport], maps: bool) -> String {
     type Get = dyn Fn(&ReplayReport) -> String;
     let rows: Vec<(&str, Box<Get>)> = vec![
         ("replay time", Box::new(|r| format_ns(r.elapsed_ns))),
+        (
+            "  recorded time / replay time",
+            Box::new(|r| format!("{:.1}x", r.recorded_ns as f64 / r.elapsed_ns.max(1) as f64)),
+        ),
         ("system calls", Box::new(|r| r.syscalls.to_string())),
         (
             "  results differing from the host",

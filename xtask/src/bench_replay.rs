@@ -1,0 +1,218 @@
+//! `cargo xtask bench-replay`: how much faster than it was recorded an op
+//! trace replays on the engine. As root it builds the release mm-probe
+//! (with its eBPF object), records the fault-vs-munmap preset with
+//! `mm-probe record` (long enough for a million records or more), then
+//! replays the trace with `--speed max` under each fault strategy a few
+//! times and prints, per strategy, the median replay time (the engine's
+//! run, from the report) and the median time of the whole command
+//! (reading and parsing the trace included), each with its ratio to the
+//! recorded span. With `--trace FILE` it replays that trace instead and
+//! needs no root.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::{
+    build_ebpf,
+    exec::{cargo, exec, is_root, output},
+    workspace_root,
+};
+
+#[derive(Args)]
+pub struct Options {
+    /// Replay this trace instead of recording one (no root needed).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// How long to run the recorded workload.
+    #[arg(long, default_value = "3s")]
+    pub duration: String,
+    /// Replays per strategy (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+}
+
+const STRATEGIES: [&str; 3] = ["classic", "speculative", "per-vma"];
+
+/// The requirement: a trace of at least this many records...
+const MIN_RECORDS: u64 = 1_000_000;
+/// ...replays at least this many times faster than it was recorded.
+const TARGET_RATIO: f64 = 10.0;
+
+/// Build the release mm-probe (not the rest of the workspace); returns
+/// its path.
+fn build_probe(with_ebpf: bool) -> Result<PathBuf> {
+    if with_ebpf {
+        build_ebpf::run(build_ebpf::Options::default())?;
+    }
+    exec(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "mm-probe",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    Ok(target.join("release/mm-probe"))
+}
+
+/// One replay: (engine replay ns, read ns, whole command ns, recorded
+/// span ns, records, calls differing, accesses ending in SIGSEGV).
+struct Run {
+    replay_ns: u64,
+    read_ns: u64,
+    command_ns: u64,
+    recorded_ns: u64,
+    records: u64,
+    differing: usize,
+    segv: u64,
+}
+
+fn replay_once(probe: &Path, trace: &Path, strategy: &str) -> Result<Run> {
+    let t = Instant::now();
+    let out = output(Command::new(probe).arg("replay").arg(trace).args([
+        "--speed",
+        "max",
+        "--strategy",
+        strategy,
+        "--format",
+        "json",
+    ]))?;
+    let command_ns = t.elapsed().as_nanos() as u64;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).context("mm-probe replay printed no JSON report")?;
+    let r = &v["replays"][0];
+    let num = |x: &serde_json::Value, what: &str| {
+        x.as_u64()
+            .with_context(|| format!("the replay report has no {what}"))
+    };
+    let differing = r["calls"].as_array().map_or(0, |calls| {
+        calls
+            .iter()
+            .filter(|c| c["recorded"] != c["replayed"])
+            .count()
+    });
+    Ok(Run {
+        replay_ns: num(&r["elapsed_ns"], "elapsed_ns")?,
+        read_ns: num(&v["read_ns"], "read_ns")?,
+        command_ns,
+        recorded_ns: num(&r["recorded_ns"], "recorded_ns")?,
+        records: num(&r["records"], "records")?,
+        differing,
+        segv: num(&r["segv"], "segv")?,
+    })
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.3} s", ns as f64 / 1e9)
+}
+
+pub fn run(o: Options) -> Result<()> {
+    if o.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let (probe, trace) = match &o.trace {
+        Some(t) => (build_probe(false)?, t.clone()),
+        None => {
+            if !is_root() {
+                bail!(
+                    "recording a trace loads eBPF programs: run as root \
+                     (sudo -E cargo xtask bench-replay), or replay an existing trace \
+                     with --trace FILE"
+                );
+            }
+            let probe = build_probe(true)?;
+            let dir = workspace_root().join("target/bench");
+            std::fs::create_dir_all(&dir)?;
+            let trace = dir.join("replay.trace");
+            eprintln!(
+                "xtask: recording fault-vs-munmap for {} into {}",
+                o.duration,
+                trace.display()
+            );
+            exec(
+                Command::new(&probe)
+                    .arg("record")
+                    .arg("--out")
+                    .arg(&trace)
+                    .arg("--")
+                    .arg(&probe)
+                    .args(["workload", "run", "fault-vs-munmap", "--duration"])
+                    .arg(&o.duration),
+            )?;
+            (probe, trace)
+        }
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "replay benchmark: {} on {cpus} CPUs, median of {} replays per strategy (--speed max)",
+        trace.display(),
+        o.rounds
+    );
+    let mut worst: Option<f64> = None;
+    let mut first = true;
+    for s in STRATEGIES {
+        let mut runs = Vec::new();
+        for _ in 0..o.rounds {
+            runs.push(replay_once(&probe, &trace, s)?);
+        }
+        let (recorded, records) = (runs[0].recorded_ns, runs[0].records);
+        if first {
+            println!(
+                "trace: {records} records over a recorded span of {}{}",
+                secs(recorded),
+                if records < MIN_RECORDS {
+                    format!(" (fewer than {MIN_RECORDS}: record longer with --duration)")
+                } else {
+                    String::new()
+                }
+            );
+            println!(
+                "{:<12} {:>12} {:>8} {:>14} {:>16} {:>8} {:>9} {:>6}",
+                "strategy",
+                "replay",
+                "ratio",
+                "read+parse",
+                "whole command",
+                "ratio",
+                "differing",
+                "segv"
+            );
+            first = false;
+        }
+        let replay = median(runs.iter().map(|r| r.replay_ns).collect());
+        let read = median(runs.iter().map(|r| r.read_ns).collect());
+        let command = median(runs.iter().map(|r| r.command_ns).collect());
+        let ratio = recorded as f64 / replay.max(1) as f64;
+        let ratio_all = recorded as f64 / command.max(1) as f64;
+        worst = Some(worst.map_or(ratio, |w: f64| w.min(ratio)));
+        println!(
+            "{s:<12} {:>12} {:>7.1}x {:>14} {:>16} {:>7.1}x {:>9} {:>6}",
+            secs(replay),
+            ratio,
+            secs(read),
+            secs(command),
+            ratio_all,
+            runs[0].differing,
+            runs[0].segv
+        );
+    }
+    if let Some(w) = worst {
+        println!(
+            "slowest strategy replays {w:.1}x faster than recorded (target: {TARGET_RATIO:.0}x): {}",
+            if w >= TARGET_RATIO { "met" } else { "NOT met" }
+        );
+    }
+    Ok(())
+}
