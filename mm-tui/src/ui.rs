@@ -547,9 +547,20 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App) {
         return;
     };
     let state = if p.exited { " (exited)" } else { "" };
-    let block = Block::bordered()
+    let mut block = Block::bordered()
         .title(Span::raw(format!(" pid {} · {}{state} ", p.pid, p.comm)).bold())
         .title_bottom(" Esc back ");
+    if let Some(w) = &p.model.cum.write_holder {
+        block = block.title_bottom(
+            Span::raw(format!(
+                " mmap_lock write-held now by tid {} in {} for {} ",
+                w.tid,
+                w.context.name(),
+                ns(w.held_ns)
+            ))
+            .yellow(),
+        );
+    }
     let inner = block.inner(area);
     f.render_widget(block, area);
     let l = p.model.lock(app.hist);
@@ -921,6 +932,15 @@ mod tests {
         assert!(!has(&s, "postgres"));
 
         a.filter.clear();
+        a.procs.get_mut(&100).unwrap().model.cum.write_holder = Some(mm_core::stats::WriteHolder {
+            tid: 101,
+            pid: 100,
+            context: LockContext::Syscall {
+                nr: 11,
+                name: "munmap".into(),
+            },
+            held_ns: 2_500_000,
+        });
         a.detail = Some(100);
         a.view = View::Detail;
         let s = render(&a, 100, 30);
