@@ -208,65 +208,84 @@ pub(crate) fn hardware_access(
     access: Access,
     value: u8,
 ) -> Result<u8, u64> {
-    hardware_access_with(pt, config, addr, access, value, || Some(vma))
+    hardware_access_with(pt, config, addr, access, value, |check| Some(check(vma)))
         .unwrap_or(Err(access_code(access)))
 }
 
 /// [`hardware_access`] where the VMA is found by `vma`, called under the
 /// PTE lock and only if the PTE is present (an absent PTE faults whatever
-/// the VMA). `vma` returns None when it cannot tell without waiting; then
-/// nothing was done and None is returned.
-pub(crate) fn hardware_access_with<V: std::ops::Deref<Target = Vma>>(
+/// the VMA): it passes the VMA it finds (borrowed) to the check it is
+/// given and returns the check's answer, or None when it cannot tell
+/// without waiting; then nothing was done and None is returned.
+pub(crate) fn hardware_access_with(
     pt: &PageTables,
     config: &MmConfig,
     addr: u64,
     access: Access,
     value: u8,
-    vma: impl FnOnce() -> Option<Option<V>>,
+    vma: impl FnOnce(&mut dyn FnMut(Option<&Vma>) -> Result<u8, u64>) -> Option<Result<u8, u64>>,
 ) -> Option<Result<u8, u64>> {
     let code = access_code(access);
     let vpn = addr / PAGE_SIZE;
-    let off = addr & (PAGE_SIZE - 1);
     let r = pt.with_pte(vpn, false, |slot| {
-        let Pte::Present(p) = slot.get() else {
-            return Some(Err(code));
-        };
-        let found = vma()?;
-        let Some(vma) = found.as_deref().filter(|v| v.contains(addr)) else {
-            // A present PTE outside any VMA: only while a racing unmap
-            // is between its VMA and page-table updates. Fault as if not
-            // present; the fault handler decides under its lock.
-            return Some(Err(code));
-        };
-        let code = code | pf::PROT;
-        if pkey_denies(config, vma, access) {
-            return Some(Err(code | pf::PK));
-        }
-        // PROT_NONE PTEs are present but inaccessible (_PAGE_PROTNONE).
-        if !vma.flags.intersects(VmFlags::ACCESS) {
+        if !matches!(slot.get(), Pte::Present(_)) {
             return Some(Err(code));
         }
-        match access {
-            Access::Write if !p.write => return Some(Err(code)),
-            Access::Exec if !vma.flags.contains(VmFlags::EXEC) => return Some(Err(code)),
-            _ => {}
-        }
-        let page = p.page.clone();
-        slot.update(|p| {
-            p.young = true;
-            if access == Access::Write {
-                p.dirty = true;
-            }
-        });
-        Some(Ok(match access {
-            Access::Write => {
-                page.write(off, value);
-                0
-            }
-            _ => page.read(off),
-        }))
+        vma(&mut |found| present_access(slot, config, found, addr, access, value))
     });
     r.unwrap_or(Some(Err(code)))
+}
+
+/// The MMU on a present PTE (in `slot`, locked) of `vma`, the VMA holding
+/// `addr` (None: no VMA holds it).
+fn present_access(
+    slot: &mut PteSlot<'_>,
+    config: &MmConfig,
+    vma: Option<&Vma>,
+    addr: u64,
+    access: Access,
+    value: u8,
+) -> Result<u8, u64> {
+    let code = access_code(access);
+    let Pte::Present(p) = slot.get() else {
+        return Err(code);
+    };
+    let Some(vma) = vma.filter(|v| v.contains(addr)) else {
+        // A present PTE outside any VMA: only while a racing unmap is
+        // between its VMA and page-table updates. Fault as if not
+        // present; the fault handler decides under its lock.
+        return Err(code);
+    };
+    let code = code | pf::PROT;
+    if pkey_denies(config, vma, access) {
+        return Err(code | pf::PK);
+    }
+    // PROT_NONE PTEs are present but inaccessible (_PAGE_PROTNONE).
+    if !vma.flags.intersects(VmFlags::ACCESS) {
+        return Err(code);
+    }
+    match access {
+        Access::Write if !p.write => return Err(code),
+        Access::Exec if !vma.flags.contains(VmFlags::EXEC) => return Err(code),
+        _ => {}
+    }
+    slot.update(|p| {
+        p.young = true;
+        if access == Access::Write {
+            p.dirty = true;
+        }
+    });
+    let Pte::Present(p) = slot.get() else {
+        unreachable!("checked above, under the PTE lock")
+    };
+    let off = addr & (PAGE_SIZE - 1);
+    Ok(match access {
+        Access::Write => {
+            p.page.write(off, value);
+            0
+        }
+        _ => p.page.read(off),
+    })
 }
 
 /// access_error() (arch/x86/mm/fault.c).

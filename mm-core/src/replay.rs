@@ -4,12 +4,15 @@
 //! looked like under classic / speculative / per-VMA faults".
 //!
 //! Order across threads: system calls happen one at a time in recorded
-//! order; an access waits for every system call recorded before it (so it
-//! sees the mappings the host's access saw), and a system call waits for
-//! the earlier accesses of other threads to the pages it changes (so it
-//! does not take their pages away first). Otherwise threads run
-//! concurrently: faults with faults, and faults with system calls on
-//! other pages, as they did on the host.
+//! order; an access waits for the system calls recorded before it that may
+//! change its page (those whose address range covers the page, and those
+//! whose range is not known: see [`op_ranges`]), so it sees the mappings
+//! the host's access saw; and a system call waits for the earlier accesses
+//! of other threads to the pages it changes (so it does not take their
+//! pages away first). So every page sees its calls and accesses in
+//! recorded order, and an access is not held up by calls elsewhere.
+//! Otherwise threads run concurrently: faults with faults, and faults with
+//! system calls on other pages, as they did on the host.
 //! With a speed, each record also waits for its recorded time (scaled),
 //! so that the gaps between a thread's records are kept.
 //!
@@ -190,27 +193,107 @@ fn replay_op(op: &Op, result: &Outcome, file_id: u32) -> (Op, Option<(u32, u64)>
     }
 }
 
-/// The address ranges a call may change.
+/// The whole address space: the range of a call whose effect cannot be
+/// bounded.
+const EVERYWHERE: (u64, u64) = (0, u64::MAX);
+
+/// The address ranges a replayed call may change (the pages whose
+/// accesses it is ordered with); [`EVERYWHERE`] where that cannot be
+/// bounded from the call alone: calls without an op form, an mprotect
+/// with PROT_GROWSDOWN or PROT_GROWSUP, and an mmap or mremap that would
+/// choose its own address (they are replayed that way only where the
+/// host's call failed, but if the engine's succeeded its mapping could be
+/// anywhere).
 fn op_ranges(op: &Op) -> Vec<(u64, u64)> {
     let span = |a: u64, l: u64| (a, a.saturating_add(l));
     match *op {
-        Op::Mmap { addr, len, .. } => vec![span(addr, len)],
+        Op::Mmap {
+            addr, len, flags, ..
+        } if flags & (map::FIXED | map::FIXED_NOREPLACE) != 0 => vec![span(addr, len)],
+        // PROT_GROWSDOWN / PROT_GROWSUP carry the change to the VMA's
+        // edge, which the call does not name.
+        Op::Mprotect { addr, len, prot } if prot & (prot::GROWSDOWN | prot::GROWSUP) == 0 => {
+            vec![span(addr, len)]
+        }
         Op::Munmap { addr, len }
-        | Op::Mprotect { addr, len, .. }
         | Op::Madvise { addr, len, .. }
         | Op::Mlock { addr, len, .. }
         | Op::Munlock { addr, len } => vec![span(addr, len)],
+        // In place (new_addr is ignored).
         Op::Mremap {
             old_addr,
             old_len,
             new_len,
-            new_addr,
+            flags,
             ..
-        } => vec![
+        } if flags & mremap::MAYMOVE == 0 => vec![span(old_addr, old_len.max(new_len))],
+        // Moved to new_addr, or kept in place.
+        Op::Mremap {
+            old_addr,
+            old_len,
+            new_len,
+            flags,
+            new_addr,
+        } if flags & mremap::FIXED != 0 => vec![
             span(old_addr, old_len.max(new_len)),
             span(new_addr, new_len),
         ],
-        _ => vec![(0, u64::MAX)],
+        _ => vec![EVERYWHERE],
+    }
+}
+
+/// Which call last changed each page, as disjoint page ranges: what an
+/// access must wait for.
+#[derive(Default)]
+struct LastCall {
+    /// start page -> (end page, calls that must be done: the number of
+    /// the last call on the range + 1).
+    ranges: std::collections::BTreeMap<u64, (u64, usize)>,
+    /// Calls every access must wait for (the last call whose range is
+    /// not known, + 1).
+    floor: usize,
+}
+
+impl LastCall {
+    /// Calls `n` (the calls recorded so far, this one included) change
+    /// pages `ps..pe`.
+    fn paint(&mut self, ps: u64, pe: u64, n: usize) {
+        if ps >= pe {
+            return;
+        }
+        // A range starting before `ps` and reaching into it: keep its
+        // head, and its tail beyond `pe`.
+        if let Some((&s, &(e, v))) = self.ranges.range(..ps).next_back() {
+            if e > ps {
+                self.ranges.insert(s, (ps, v));
+                if e > pe {
+                    self.ranges.insert(pe, (e, v));
+                }
+            }
+        }
+        // Ranges starting inside: drop them, keeping a tail beyond `pe`.
+        let inside: Vec<u64> = self.ranges.range(ps..pe).map(|(s, _)| *s).collect();
+        for s in inside {
+            let (e, v) = self.ranges.remove(&s).expect("listed above");
+            if e > pe {
+                self.ranges.insert(pe, (e, v));
+            }
+        }
+        self.ranges.insert(ps, (pe, n));
+    }
+
+    /// Every access waits for calls `n`.
+    fn barrier(&mut self, n: usize) {
+        self.floor = n;
+        self.ranges.clear();
+    }
+
+    /// Calls that must be done before an access to page `p`.
+    fn before(&self, p: u64) -> usize {
+        match self.ranges.range(..=p).next_back() {
+            Some((_, &(e, v))) if e > p => v.max(self.floor),
+            _ => self.floor,
+        }
     }
 }
 
@@ -241,8 +324,10 @@ enum Kind {
 struct Step {
     /// Index of the record in the trace.
     index: usize,
-    /// System calls recorded before this record (for a call, its number in
-    /// the calls' order).
+    /// System calls that must be done before this step: for a call, its
+    /// number in the calls' order (all earlier calls); for an access, the
+    /// calls up to the last one recorded before it that may change its
+    /// page.
     calls_before: usize,
     /// The address of an access.
     addr: u64,
@@ -293,6 +378,45 @@ impl std::hash::Hasher for PageHasher {
 
 type PageMap = HashMap<u64, usize, std::hash::BuildHasherDefault<PageHasher>>;
 
+/// Add to `deps[first..]` (thread, steps) the accesses of threads other
+/// than `me` to pages `ps..pe` since a call last changed them, which a
+/// call on those pages waits for; forget them (the call is now the
+/// pages' last change).
+fn wait_for_accesses(
+    touched: &mut [PageMap],
+    me: usize,
+    ps: u64,
+    pe: u64,
+    deps: &mut Vec<(usize, usize)>,
+    first: usize,
+) {
+    for (t, pages) in touched.iter_mut().enumerate() {
+        let mut last = 0;
+        if pe - ps <= pages.len() as u64 {
+            for p in ps..pe {
+                if let Some(n) = pages.remove(&p) {
+                    last = last.max(n);
+                }
+            }
+        } else {
+            pages.retain(|p, n| {
+                let inside = (ps..pe).contains(p);
+                if inside {
+                    last = last.max(*n);
+                }
+                !inside
+            });
+        }
+        if t == me || last == 0 {
+            continue;
+        }
+        match deps[first..].iter_mut().find(|d| d.0 == t) {
+            Some(d) => d.1 = d.1.max(last),
+            None => deps.push((t, last)),
+        }
+    }
+}
+
 /// The trace split by thread, with the ordering constraints worked out.
 struct Plan {
     /// Recorded thread ids, sorted: replay thread `i` plays `tids[i]`.
@@ -325,6 +449,7 @@ impl Plan {
         let mut touched: Vec<PageMap> = vec![PageMap::default(); tids.len()];
         let mut calls: Vec<Call> = Vec::new();
         let mut deps: Vec<(usize, usize)> = Vec::new();
+        let mut last_call = LastCall::default();
         let mut next_file = 0u32;
         for (index, r) in trace.records.iter().enumerate() {
             let calls_before = calls.len();
@@ -350,31 +475,12 @@ impl Plan {
                     let first = deps.len();
                     for (s, e) in op_ranges(&op) {
                         let (ps, pe) = (s / 4096, e.div_ceil(4096));
-                        for (t, pages) in touched.iter_mut().enumerate() {
-                            let mut last = 0;
-                            if pe - ps <= pages.len() as u64 {
-                                for p in ps..pe {
-                                    if let Some(n) = pages.remove(&p) {
-                                        last = last.max(n);
-                                    }
-                                }
-                            } else {
-                                pages.retain(|p, n| {
-                                    let inside = (ps..pe).contains(p);
-                                    if inside {
-                                        last = last.max(*n);
-                                    }
-                                    !inside
-                                });
-                            }
-                            if t == me || last == 0 {
-                                continue;
-                            }
-                            match deps[first..].iter_mut().find(|d| d.0 == t) {
-                                Some(d) => d.1 = d.1.max(last),
-                                None => deps.push((t, last)),
-                            }
+                        if (s, e) == EVERYWHERE {
+                            last_call.barrier(calls_before + 1);
+                        } else {
+                            last_call.paint(ps, pe, calls_before + 1);
                         }
+                        wait_for_accesses(&mut touched, me, ps, pe, &mut deps, first);
                     }
                     for &(t, n) in &deps[first..] {
                         threads[t][n - 1].publish = true;
@@ -392,6 +498,7 @@ impl Plan {
                 }
                 Event::Fault { addr, code, user } => {
                     touched[me].insert(addr / 4096, pos + 1);
+                    step.calls_before = last_call.before(addr / 4096);
                     step.addr = *addr;
                     step.kind = Kind::Access(access_of(*code), *user);
                 }
@@ -401,11 +508,29 @@ impl Plan {
                     ret,
                     ..
                 } => {
-                    let n = deps.len();
-                    calls.push(call(CallOp::Brk(args[0]), Outcome::Ok(*ret as u64), n..n));
+                    // brk moves the heap's end from where the engine has
+                    // it: a call of unknown range, ordered with every
+                    // access.
+                    let first = deps.len();
+                    wait_for_accesses(&mut touched, me, 0, u64::MAX, &mut deps, first);
+                    for &(t, n) in &deps[first..] {
+                        threads[t][n - 1].publish = true;
+                    }
+                    last_call.barrier(calls_before + 1);
+                    calls.push(call(
+                        CallOp::Brk(args[0]),
+                        Outcome::Ok(*ret as u64),
+                        first..deps.len(),
+                    ));
                     step.kind = Kind::Call;
                 }
-                Event::Raw { .. } => {}
+                Event::Raw { .. } => {
+                    // Not replayed, so nothing on the engine to wait for;
+                    // still a barrier: accesses recorded after it wait for
+                    // every call recorded before it.
+                    last_call.barrier(calls_before);
+                    step.calls_before = 0;
+                }
             }
             threads[me].push(step);
         }
@@ -841,5 +966,235 @@ mod tests {
             },
         );
         assert!(r.elapsed_ns < 30_000_000, "{}", r.elapsed_ns);
+    }
+
+    fn fault(t: u64, tid: u32, addr: u64) -> Record {
+        rec(
+            t,
+            tid,
+            Event::Fault {
+                addr,
+                code: 6,
+                user: true,
+            },
+        )
+    }
+
+    /// The calls that must be done before record `index` runs.
+    fn waits_for(plan: &Plan, index: usize) -> usize {
+        plan.threads
+            .iter()
+            .flatten()
+            .find(|s| s.index == index)
+            .expect("a step per record")
+            .calls_before
+    }
+
+    const A: u64 = 0x7f00_0000_0000;
+    const B: u64 = 0x7f00_1000_0000;
+
+    fn mmap_at(t: u64, tid: u32, addr: u64) -> Record {
+        rec(
+            t,
+            tid,
+            syscall_event(
+                nr::MMAP,
+                [addr, 0x10000, 3, 0x32, u64::MAX, 0],
+                addr as i64,
+                1,
+            ),
+        )
+    }
+
+    #[test]
+    fn an_access_does_not_wait_for_earlier_calls_elsewhere() {
+        let trace = Trace {
+            records: vec![
+                /* 0: call 0 */ mmap_at(0, 1, A),
+                /* 1: call 1 */ mmap_at(10, 1, B),
+                /* 2 */ fault(20, 2, A + 0x3000),
+                /* 3: call 2 */
+                rec(
+                    30,
+                    1,
+                    syscall_event(nr::MPROTECT, [B, 0x1000, 1, 0, 0, 0], 0, 1),
+                ),
+                /* 4: call 3 */
+                rec(
+                    40,
+                    1,
+                    syscall_event(nr::MUNMAP, [B + 0x8000, 0x8000, 0, 0, 0, 0], 0, 1),
+                ),
+                /* 5 */ fault(50, 2, A + 0xf000),
+                /* 6 */ fault(60, 3, B + 0x2000),
+            ],
+            ..Trace::default()
+        };
+        let mm = SharedMm::new(MmConfig::default(), FaultStrategy::PerVma);
+        let plan = Plan::new(&trace, &mm);
+        // Faults on A wait for call 0 (A's mmap) only, not for the calls
+        // on B recorded between.
+        assert_eq!(waits_for(&plan, 2), 1);
+        assert_eq!(waits_for(&plan, 5), 1);
+        // A fault on B past the mprotect and outside the munmap waits for
+        // B's mmap (call 1) only.
+        assert_eq!(waits_for(&plan, 6), 2);
+        // Calls still wait for every call before them.
+        assert_eq!(waits_for(&plan, 4), 3);
+        let r = replay(
+            &trace,
+            ReplayOptions {
+                strategy: FaultStrategy::PerVma,
+                speed: None,
+            },
+        );
+        assert_eq!((r.segv, r.mismatches().count()), (0, 0));
+    }
+
+    #[test]
+    fn an_access_waits_for_earlier_calls_on_its_page() {
+        let trace = Trace {
+            records: vec![
+                /* 0: call 0 */ mmap_at(0, 1, A),
+                /* 1: call 1 */
+                rec(
+                    10,
+                    1,
+                    syscall_event(nr::MPROTECT, [A + 0x2000, 0x2000, 1, 0, 0, 0], 0, 1),
+                ),
+                /* 2: call 2 */ mmap_at(20, 1, B),
+                /* 3: a read of the page made read-only by call 1 */
+                rec(
+                    30,
+                    2,
+                    Event::Fault {
+                        addr: A + 0x3010,
+                        code: 4,
+                        user: true,
+                    },
+                ),
+                /* 4: call 3 */
+                rec(
+                    40,
+                    1,
+                    syscall_event(nr::MUNMAP, [A + 0x8000, 0x8000, 0, 0, 0, 0], 0, 1),
+                ),
+                /* 5: call 4, takes the page of 4 away */
+                rec(
+                    50,
+                    1,
+                    syscall_event(nr::MUNMAP, [A, 0x4000, 0, 0, 0, 0], 0, 1),
+                ),
+                /* 6: call 5 */ mmap_at(60, 1, A),
+                /* 7 */ fault(70, 2, A + 0x3000),
+                /* 8: an unbounded call: brk */
+                rec(
+                    80,
+                    1,
+                    Event::Raw {
+                        nr: nr::BRK,
+                        args: [0, 0, 0, 0, 0, 0],
+                        ret: 0x5000_0000,
+                        dur_ns: 1,
+                    },
+                ),
+                /* 9: call 7 */ mmap_at(90, 1, B + 0x100_0000),
+                /* 10 */ fault(100, 2, A + 0x1000),
+            ],
+            ..Trace::default()
+        };
+        let mm = SharedMm::new(MmConfig::default(), FaultStrategy::PerVma);
+        let plan = Plan::new(&trace, &mm);
+        // The read waits for the mprotect of its page (call 1), not for
+        // the mmap of B after it.
+        assert_eq!(waits_for(&plan, 3), 2);
+        // The munmap of its page waits for it.
+        let call = &plan.calls[4];
+        assert_eq!(call.record, 5);
+        assert_eq!(&plan.deps[call.deps.clone()], &[(1, 1)]);
+        // After the page is unmapped and mapped again: the new mmap.
+        assert_eq!(waits_for(&plan, 7), 6);
+        // brk's range is not known: every later access waits for it (and
+        // so for every call before it), but not for calls after it on
+        // other pages.
+        assert_eq!(waits_for(&plan, 10), 7);
+        for strategy in FaultStrategy::ALL {
+            let r = replay(
+                &trace,
+                ReplayOptions {
+                    strategy,
+                    speed: None,
+                },
+            );
+            assert_eq!((r.faults, r.segv), (3, 0), "{strategy:?}");
+        }
+    }
+
+    #[test]
+    fn last_call_keeps_the_latest_call_per_page() {
+        let mut l = LastCall::default();
+        l.paint(0, 10, 1);
+        l.paint(3, 5, 2);
+        let at = |l: &LastCall| (0..14).map(|p| l.before(p)).collect::<Vec<_>>();
+        assert_eq!(at(&l), [1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 0, 0, 0, 0]);
+        l.paint(4, 12, 3);
+        assert_eq!(at(&l), [1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0]);
+        l.paint(0, 4, 4);
+        assert_eq!(at(&l), [4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0]);
+        l.barrier(5);
+        l.paint(6, 7, 6);
+        assert_eq!(at(&l), [5, 5, 5, 5, 5, 5, 6, 5, 5, 5, 5, 5, 5, 5]);
+    }
+
+    #[test]
+    fn call_ranges() {
+        let mremap = |flags, new_addr| Op::Mremap {
+            old_addr: A,
+            old_len: 0x2000,
+            new_len: 0x4000,
+            flags,
+            new_addr,
+        };
+        // In place: the old range, grown.
+        assert_eq!(op_ranges(&mremap(0, 0)), [(A, A + 0x4000)]);
+        // Moved to a fixed place: source and destination.
+        assert_eq!(
+            op_ranges(&mremap(mremap::MAYMOVE | mremap::FIXED, B)),
+            [(A, A + 0x4000), (B, B + 0x4000)]
+        );
+        // Free to move anywhere: unbounded.
+        assert_eq!(op_ranges(&mremap(mremap::MAYMOVE, 0)), [EVERYWHERE]);
+        let mmap = |flags| Op::Mmap {
+            addr: A,
+            len: 0x1000,
+            prot: prot::READ,
+            flags,
+            file: None,
+            offset: 0,
+        };
+        assert_eq!(
+            op_ranges(&mmap(map::PRIVATE | map::ANONYMOUS | map::FIXED)),
+            [(A, A + 0x1000)]
+        );
+        assert_eq!(
+            op_ranges(&mmap(map::PRIVATE | map::ANONYMOUS)),
+            [EVERYWHERE]
+        );
+        assert_eq!(
+            op_ranges(&Op::Mprotect {
+                addr: B,
+                len: 0x1000,
+                prot: prot::READ | prot::GROWSDOWN
+            }),
+            [EVERYWHERE]
+        );
+        assert_eq!(
+            op_ranges(&Op::Madvise {
+                addr: B,
+                len: 0x3000,
+                advice: 4
+            }),
+            [(B, B + 0x3000)]
+        );
     }
 }

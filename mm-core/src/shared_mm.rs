@@ -678,9 +678,23 @@ impl SharedMm {
     /// have to wait for a writer's publication, the PTE lock is dropped and
     /// the access made again with the VMA found first.
     fn mmu(&self, addr: u64, access: Access, value: u8) -> Result<u8, u64> {
-        if let Some(r) = hardware_access_with(&self.pt, &self.config, addr, access, value, || {
-            self.try_rcu_vma(addr)
-        }) {
+        if let Some(r) =
+            hardware_access_with(&self.pt, &self.config, addr, access, value, |check| {
+                // try_rcu_vma(), with the VMA borrowed rather than copied.
+                self.tree.with(|tree| {
+                    let Some((start, (end, obj))) = tree.range(..=addr).next_back() else {
+                        return Some(check(None));
+                    };
+                    if addr >= *end {
+                        return Some(check(None));
+                    }
+                    obj.with_vma(|v| {
+                        v.filter(|v| (v.start, v.end) == (*start, *end) && obj.mm() == self.id)
+                            .map(|v| check(Some(v)))
+                    })
+                })
+            })
+        {
             return r;
         }
         let vma = self.rcu_vma(addr);

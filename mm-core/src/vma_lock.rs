@@ -138,6 +138,18 @@ impl VmaObject {
             .clone()
     }
 
+    /// Run `f` on the VMA's fields, borrowed under the object's data lock
+    /// (no copy of the reference: for the MMU's per-access lookup). `f`
+    /// must not take locks a writer of the object may hold; writers hold
+    /// the data lock only to swap the fields.
+    pub fn with_vma<R>(&self, f: impl FnOnce(Option<&Vma>) -> R) -> R {
+        f(self
+            .data
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_deref())
+    }
+
     /// Replace the VMA's fields in place. The caller holds the VMA's write
     /// lock (or the object is not attached yet).
     pub fn set_vma(&self, vma: Vma) {
@@ -278,6 +290,17 @@ pub fn vma_start_read(
     mm_lock_seq: &dyn Fn() -> u64,
     checks: RcuChecks,
 ) -> Result<VmaReadGuard, StartReadError> {
+    start_read(Arc::clone(obj), mm, mm_lock_seq, checks)
+}
+
+/// [`vma_start_read`] on a reference the caller gives up (the guard keeps
+/// it).
+fn start_read(
+    obj: Arc<VmaObject>,
+    mm: MmId,
+    mm_lock_seq: &dyn Fn() -> u64,
+    checks: RcuChecks,
+) -> Result<VmaReadGuard, StartReadError> {
     if obj.lock_seq.load(Ordering::Acquire) == mm_lock_seq() {
         return Err(StartReadError::Locked);
     }
@@ -298,9 +321,8 @@ pub fn vma_start_read(
             Err(now) => cur = now,
         }
     }
-    let guard = VmaReadGuard {
-        obj: Arc::clone(obj),
-    };
+    let guard = VmaReadGuard { obj };
+    let obj = &guard.obj;
     if checks.vm_mm && obj.mm() != mm {
         return Err(StartReadError::OtherMm);
     }
@@ -490,10 +512,10 @@ pub fn lock_vma_under_rcu(
             counters.abort();
             return RcuLock::Abort;
         };
-        match vma_start_read(&obj, mm, mm_lock_seq, checks) {
+        match start_read(obj, mm, mm_lock_seq, checks) {
             Ok(guard) => {
                 // The object is stable now; is it the right one?
-                let (start, end) = obj.range();
+                let (start, end) = guard.obj.range();
                 if checks.range && !(start <= addr && addr < end) {
                     counters.abort();
                     return RcuLock::Abort;
