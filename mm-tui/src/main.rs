@@ -201,11 +201,7 @@ impl Dashboard {
         match self.host.sample() {
             Ok(Some(s)) => {
                 let pids = self.host.pids();
-                app.host.title = if pids.len() == 1 && !s.target.comm.is_empty() {
-                    format!("pid {} {}", pids[0], s.target.comm)
-                } else {
-                    self.host.describe()
-                };
+                app.host.title = self.host.title(&s.target);
                 app.host.model.update(now_ns, s.target, s.drops);
                 app.host.message = s.note.into_iter().collect();
                 if pids.is_empty() {
@@ -324,7 +320,7 @@ fn run(cli: Cli) -> Result<()> {
         };
 
     eprintln!("mm-tui: loading the probe…");
-    let mut host = Host::attach();
+    let mut host = Host::attach(!cli.command.is_empty());
     let mut app = App::new(
         mm_probe::procfs::kernel_release(),
         cli.strategy,

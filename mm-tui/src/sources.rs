@@ -9,9 +9,10 @@
 //!   fault strategy, in this process (`mm_core::workload::engine::start`).
 
 use std::{
+    ffi::OsString,
     fs::File,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    os::unix::process::CommandExt as _,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     time::Duration,
@@ -128,27 +129,89 @@ impl Drop for Runner {
     }
 }
 
-/// A user's command run on the host (`mm-tui -- CMD`), its output in a log.
+/// A user's command run on the host (`mm-tui -- CMD`), its output in a
+/// log, traced with its descendants from its first instruction.
 struct UserCommand {
-    child: Child,
+    pid: u32,
     done: Option<String>,
+}
+
+impl UserCommand {
+    /// `Some(why)` once it has ended (reaped here).
+    fn try_wait(&mut self) -> Option<String> {
+        if self.done.is_some() {
+            return self.done.clone();
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child, without blocking.
+        let r = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
+        if r == self.pid as i32 {
+            let how = if libc::WIFEXITED(status) {
+                format!("exit code {}", libc::WEXITSTATUS(status))
+            } else {
+                format!("signal {}", libc::WTERMSIG(status))
+            };
+            self.done = Some(format!("the command ended ({how}); its figures are final"));
+        }
+        self.done.clone()
+    }
 }
 
 impl Drop for UserCommand {
     fn drop(&mut self) {
-        if self.done.is_none() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            for _ in 0..50 {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+        if self.try_wait().is_some() {
+            return;
+        }
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if self.try_wait().is_some() {
+                return;
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
+    }
+}
+
+/// Run `f` with stdin from /dev/null and stdout and stderr into `log`, so
+/// that a child forked inside inherits them; ours are put back after.
+fn with_redirected_stdio<T>(log: &File, f: impl FnOnce() -> T) -> Result<T> {
+    let null = File::open("/dev/null").context("cannot open /dev/null")?;
+    let fds = [
+        (libc::STDIN_FILENO, null.as_raw_fd()),
+        (libc::STDOUT_FILENO, log.as_raw_fd()),
+        (libc::STDERR_FILENO, log.as_raw_fd()),
+    ];
+    let mut saved = Vec::new();
+    for (fd, _) in fds {
+        // SAFETY: duplicating a standard descriptor we own.
+        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+        if d < 0 {
+            bail!(
+                "cannot save descriptor {fd}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        saved.push((fd, d));
+    }
+    for (fd, src) in fds {
+        // SAFETY: both descriptors are open.
+        unsafe { libc::dup2(src, fd) };
+    }
+    let r = f();
+    for (fd, d) in saved {
+        // SAFETY: restoring the saved descriptor, then closing the copy.
+        unsafe {
+            libc::dup2(d, fd);
+            libc::close(d);
         }
     }
+    Ok(r)
 }
 
 /// What the HOST column follows.
@@ -198,10 +261,20 @@ fn explain(e: &ProbeError) -> Vec<String> {
 }
 
 impl Host {
-    /// Load the probe system-wide. A failure is not an error: the column
-    /// says what is missing.
-    pub fn attach() -> Self {
-        match Probe::load(&ProbeOptions::default()) {
+    /// Load the probe: system-wide, or (`command`) for a command and its
+    /// descendants only. A failure is not an error: the column says what
+    /// is missing.
+    pub fn attach(command: bool) -> Self {
+        let opts = if command {
+            ProbeOptions {
+                pids: Some(Vec::new()),
+                follow_forks: true,
+                ..ProbeOptions::default()
+            }
+        } else {
+            ProbeOptions::default()
+        };
+        match Probe::load(&opts) {
             Ok(probe) => {
                 let status = ProbeStatus {
                     attached: probe.attached().len(),
@@ -241,7 +314,7 @@ impl Host {
     pub fn describe(&self) -> String {
         match &self.target {
             Target::Workload(r) => format!("the workload's host process (pid {})", r.pid()),
-            Target::Command(c) => format!("the command (pid {})", c.child.id()),
+            Target::Command(c) => format!("the command (pid {}) and its children", c.pid),
             Target::Pids(p) => {
                 let p: Vec<String> = p.iter().map(u32::to_string).collect();
                 format!("pid {}", p.join(", "))
@@ -250,11 +323,26 @@ impl Host {
         }
     }
 
+    /// The HOST column's title for a sample's merged figures.
+    pub fn title(&self, merged: &ProcessStats) -> String {
+        match &self.target {
+            Target::Workload(r) => format!("pid {} {RUNNER_COMM}", r.pid()),
+            Target::Command(c) => match merged.comm.as_str() {
+                "" => format!("pid {} and children", c.pid),
+                comm => format!("pid {} {comm} and children", c.pid),
+            },
+            Target::Pids(p) if p.len() == 1 && !merged.comm.is_empty() => {
+                format!("pid {} {}", p[0], merged.comm)
+            }
+            _ => self.describe(),
+        }
+    }
+
     /// The pids the column follows.
     pub fn pids(&self) -> Vec<u32> {
         match &self.target {
             Target::Workload(r) => vec![r.pid()],
-            Target::Command(c) => vec![c.child.id()],
+            Target::Command(c) => vec![c.pid],
             Target::Pids(p) => p.clone(),
             Target::Nothing => Vec::new(),
         }
@@ -284,27 +372,38 @@ impl Host {
             return Ok(());
         }
         let runner = Runner::start(workload)?;
+        if let Some(s) = &mut self.session {
+            // Needed when the probe follows a command only.
+            s.probe_mut()
+                .allow_pid(runner.pid())
+                .context("cannot trace the workload's host process")?;
+        }
         self.reset()?;
         self.target = Target::Workload(runner);
         Ok(())
     }
 
-    /// Run a user's command, its stdout and stderr into `log`.
+    /// Run a user's command, its stdout and stderr into `log`, traced from
+    /// its first instruction with everything it forks.
     pub fn run_command(&mut self, argv: &[String], log: PathBuf) -> Result<()> {
-        if self.session.is_none() {
+        let Some(session) = &mut self.session else {
             return Ok(());
-        }
+        };
         let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot run `{}`", argv[0]))?;
-        self.reset()?;
-        self.target = Target::Command(UserCommand { child, done: None });
+        let args: Vec<OsString> = argv[1..].iter().map(OsString::from).collect();
+        let gated = with_redirected_stdio(&out, || {
+            mm_probe::spawn::GatedChild::spawn(argv[0].as_ref(), &args)
+        })??;
+        session
+            .probe_mut()
+            .allow_pid(gated.pid())
+            .context("cannot trace the command")?;
+        session.reset().context("cannot read the probe's maps")?;
+        let child = gated.release()?;
+        self.target = Target::Command(UserCommand {
+            pid: child.pid(),
+            done: None,
+        });
         self.log = Some(log);
         Ok(())
     }
@@ -322,23 +421,19 @@ impl Host {
         let tick = session.tick().context("cannot read the probe's maps")?;
         let note = match &mut self.target {
             Target::Workload(r) => r.ended(),
-            Target::Command(c) => {
-                if c.done.is_none()
-                    && let Ok(Some(status)) = c.child.try_wait()
-                {
-                    c.done = Some(format!(
-                        "the command ended ({status}); its figures are final"
-                    ));
-                }
-                c.done.clone()
-            }
+            Target::Command(c) => c.try_wait(),
             Target::Pids(p) => p
                 .iter()
                 .all(|&pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
                 .then(|| "every followed process has exited".to_string()),
             Target::Nothing => None,
         };
-        let pids = self.pids();
+        // A command's probe traces only it and its descendants: the column
+        // shows them all.
+        let pids = match &self.target {
+            Target::Command(_) => tick.cumulative.processes.iter().map(|p| p.pid).collect(),
+            _ => self.pids(),
+        };
         let mut processes = tick.cumulative.processes;
         // The probe names a process after its executable when it first
         // sees it, before the runner renames itself.
@@ -348,8 +443,9 @@ impl Host {
             }
         }
         let mut target = ProcessStats::default();
+        let lead = self.pids().first().copied();
         for p in processes.iter().filter(|p| pids.contains(&p.pid)) {
-            if target.comm.is_empty() {
+            if Some(p.pid) == lead {
                 target.pid = p.pid;
                 target.comm.clone_from(&p.comm);
             }

@@ -296,3 +296,44 @@ fn without_privileges_the_host_column_says_what_is_missing() {
     let s = t.wait_for("the dashboard to exit", 30, |s| s.contains("MMTUI-EXIT="));
     assert!(s.contains("MMTUI-EXIT=0"), "{s}");
 }
+
+#[test]
+fn a_command_is_followed_with_its_children_and_its_output_goes_to_the_log() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !can_run() {
+        return;
+    }
+    let log = std::env::temp_dir().join(format!("mm-tui-e2e-cmd-{}.log", std::process::id()));
+    // Each `sort` is a child of the shell: its faults count in the HOST column.
+    let script = "echo to-the-log; end=$(($(date +%s)+4)); \
+                  while [ $(date +%s) -lt $end ]; do head -c 4000000 /dev/zero | sort > /dev/null; done";
+    let shell = format!(
+        "{BIN} --refresh 500ms --log {} -- sh -c '{script}'; echo MMTUI-EXIT=$?; sleep 60",
+        log.display()
+    );
+    let t = Tmux::start("cmd", &shell);
+    // The engine runs nothing, so the HOST column is the only one with rows.
+    let s = t.wait_for("the children's faults in the HOST column", 30, |s| {
+        cells(s, "faults/s").first().is_some_and(|&f| f > 0.0)
+    });
+    assert!(s.contains("and children"), "{s}");
+    assert!(s.contains("The engine runs no workload"), "{s}");
+    assert!(s.contains("workload none"), "{s}");
+    let s = t.wait_for("the command's end", 30, |s| {
+        s.contains("the command ended (exit code 0)")
+    });
+    assert!(!s.contains("MMTUI-EXIT"), "the dashboard stays open:\n{s}");
+    t.keys("Tab");
+    t.wait_for("the sort processes in the process view", 10, |s| {
+        s.contains("sort (exited)")
+    });
+    t.keys("q");
+    let s = t.wait_for("the dashboard to exit", 30, |s| s.contains("MMTUI-EXIT="));
+    assert!(s.contains("MMTUI-EXIT=0"), "{s}");
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(
+        out, "to-the-log\n",
+        "the command's output is in the log, not on the screen"
+    );
+}
