@@ -3,16 +3,19 @@
 //! fault strategy, to answer "what would this program's mmap_lock have
 //! looked like under classic / speculative / per-VMA faults".
 //!
-//! Order across threads: system calls happen one at a time in recorded
-//! order; an access waits for the system calls recorded before it that may
-//! change its page (those whose address range covers the page, and those
-//! whose range is not known: see [`op_ranges`]), so it sees the mappings
-//! the host's access saw; and a system call waits for the earlier accesses
-//! of other threads to the pages it changes (so it does not take their
-//! pages away first). So every page sees its calls and accesses in
-//! recorded order, and an access is not held up by calls elsewhere.
-//! Otherwise threads run concurrently: faults with faults, and faults with
-//! system calls on other pages, as they did on the host.
+//! Order across threads (docs/trace-format.md, "Replay", has the exact
+//! rules): a system call waits for the earlier-recorded calls whose range
+//! ([`op_ranges`]), widened by a page on each side, overlaps its own
+//! widened range, and for the earlier accesses of other threads to the
+//! pages it changes (so it does not take their pages away first); a call
+//! whose range is not known is a barrier, ordered with every call before
+//! and after it. An access waits for the last earlier-recorded call that
+//! may change its page (so it sees the mappings the host's access saw).
+//! So every page sees its calls and accesses in recorded order, and
+//! neither calls nor accesses are held up by calls elsewhere. Otherwise
+//! threads run concurrently: faults with faults, and faults and calls
+//! with calls on other pages, as they did on the host. Every wait is for
+//! a record recorded earlier, so the replay cannot deadlock.
 //! With a speed, each record also waits for its recorded time (scaled),
 //! so that the gaps between a thread's records are kept.
 //!
@@ -21,8 +24,8 @@
 //! bytes-worth of content standing in for the recorded descriptor's file;
 //! an mremap that moved moves to the same place (MREMAP_FIXED). The trace's
 //! initial VMAs are mapped first, as anonymous memory with their
-//! permissions. Calls without an op form (brk, clone...) are counted and
-//! skipped.
+//! permissions. brk is replayed; other calls without an op form (clone,
+//! fork...) are counted and skipped, but ordered as barriers.
 
 use std::{
     collections::HashMap,
@@ -103,6 +106,9 @@ pub struct ReplayReport {
     pub stats: EngineStats,
     /// /proc/PID/maps at the end.
     pub maps: String,
+    /// The critical-path model, when asked for
+    /// ([`replay_with_critical_path`]).
+    pub critical_path: Option<CriticalPath>,
 }
 
 impl ReplayReport {
@@ -242,15 +248,15 @@ fn op_ranges(op: &Op) -> Vec<(u64, u64)> {
     }
 }
 
-/// Which call last changed each page, as disjoint page ranges: what an
-/// access must wait for.
+/// Which call last changed each page, as disjoint page ranges.
 #[derive(Default)]
 struct LastCall {
-    /// start page -> (end page, calls that must be done: the number of
-    /// the last call on the range + 1).
+    /// start page -> (end page, the number of the last call on the range
+    /// plus one).
     ranges: std::collections::BTreeMap<u64, (u64, usize)>,
-    /// Calls every access must wait for (the last call whose range is
-    /// not known, + 1).
+    /// The number of the last barrier (a call whose range is not known)
+    /// plus one, 0 if none: it is on every page not in `ranges`, and every
+    /// call in `ranges` comes after it.
     floor: usize,
 }
 
@@ -282,18 +288,34 @@ impl LastCall {
         self.ranges.insert(ps, (pe, n));
     }
 
-    /// Every access waits for calls `n`.
+    /// Call `n - 1` is a barrier: it is now the last call on every page.
     fn barrier(&mut self, n: usize) {
         self.floor = n;
         self.ranges.clear();
     }
 
-    /// Calls that must be done before an access to page `p`.
+    /// The last call on page `p`, + 1 (0: none).
     fn before(&self, p: u64) -> usize {
         match self.ranges.range(..=p).next_back() {
             Some((_, &(e, v))) if e > p => v.max(self.floor),
             _ => self.floor,
         }
+    }
+
+    /// Add to `out` the last calls (their numbers) on pages `ps..pe`, the
+    /// last barrier included: waiting for them is waiting for every
+    /// earlier call on those pages, as each waited for the earlier calls
+    /// on its pages and the barrier for every call before it.
+    fn last_calls(&self, ps: u64, pe: u64, out: &mut Vec<u32>) {
+        if self.floor > 0 {
+            out.push((self.floor - 1) as u32);
+        }
+        if let Some((_, &(e, v))) = self.ranges.range(..ps).next_back() {
+            if e > ps {
+                out.push((v - 1) as u32);
+            }
+        }
+        out.extend(self.ranges.range(ps..pe).map(|(_, &(_, v))| (v - 1) as u32));
     }
 }
 
@@ -310,12 +332,11 @@ fn access_of(code: u64) -> Access {
 /// What a replay thread does for one record.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    /// A system call (or brk): the next in the calls' order.
+    /// A system call (or brk, or a barrier standing for a call that is not
+    /// replayed): [`Plan::calls`]`[Step::call]`.
     Call,
     /// An access at `Step::addr`, by the user or by the kernel.
     Access(Access, bool),
-    /// A call without an op form.
-    Skip,
 }
 
 /// One record of a thread's part of the trace, with its ordering
@@ -324,11 +345,10 @@ enum Kind {
 struct Step {
     /// Index of the record in the trace.
     index: usize,
-    /// System calls that must be done before this step: for a call, its
-    /// number in the calls' order (all earlier calls); for an access, the
-    /// calls up to the last one recorded before it that may change its
-    /// page.
-    calls_before: usize,
+    /// For a call, its number in [`Plan::calls`]; for an access, the
+    /// number of the call it waits for (the last one recorded before it
+    /// that may change its page) + 1, or 0.
+    call: usize,
     /// The address of an access.
     addr: u64,
     kind: Kind,
@@ -342,6 +362,8 @@ struct Step {
 enum CallOp {
     Op(Op),
     Brk(u64),
+    /// A call without an op form: not replayed, but ordered as a barrier.
+    Skip,
 }
 
 /// One system call of the trace, in recorded order.
@@ -353,6 +375,8 @@ struct Call {
     recorded: Outcome,
     /// The range of [`Plan::deps`] this call waits for.
     deps: std::ops::Range<usize>,
+    /// The range of [`Plan::call_deps`] this call waits for.
+    after: std::ops::Range<usize>,
 }
 
 /// A hasher for page numbers (Fibonacci hashing): the page index sees
@@ -423,10 +447,23 @@ struct Plan {
     tids: Vec<u32>,
     /// Each thread's steps.
     threads: Vec<Vec<Step>>,
-    /// The system calls in recorded order.
+    /// The system calls in recorded order (with the barriers standing for
+    /// calls that are not replayed).
     calls: Vec<Call>,
     /// (thread, steps of it that must be done first), by call.
     deps: Vec<(usize, usize)>,
+    /// Earlier calls that must be done first, by call.
+    call_deps: Vec<u32>,
+}
+
+/// The pages of `s..e` and one more on each side: the pages whose calls a
+/// call on `s..e` is ordered with (a VMA merge or split at an edge of the
+/// range involves the VMA beyond it).
+fn widened(s: u64, e: u64) -> (u64, u64) {
+    (
+        (s / 4096).saturating_sub(1),
+        e.div_ceil(4096).saturating_add(1),
+    )
 }
 
 impl Plan {
@@ -449,42 +486,29 @@ impl Plan {
         let mut touched: Vec<PageMap> = vec![PageMap::default(); tids.len()];
         let mut calls: Vec<Call> = Vec::new();
         let mut deps: Vec<(usize, usize)> = Vec::new();
+        let mut call_deps: Vec<u32> = Vec::new();
+        // The last call that may change each page: what an access waits for.
         let mut last_call = LastCall::default();
+        // The last call on each page of the calls' widened ranges: what a
+        // call waits for.
+        let mut last_wide = LastCall::default();
         let mut next_file = 0u32;
         for (index, r) in trace.records.iter().enumerate() {
-            let calls_before = calls.len();
+            let n = calls.len();
             let me = thread_of[&r.tid];
             let pos = threads[me].len();
             let mut step = Step {
                 index,
-                calls_before,
+                call: n,
                 addr: 0,
-                kind: Kind::Skip,
+                kind: Kind::Call,
                 publish: false,
             };
-            let call = |op: CallOp, recorded: Outcome, deps: std::ops::Range<usize>| Call {
-                record: index,
-                tid: r.tid,
-                op,
-                recorded,
-                deps,
-            };
-            match &r.event {
+            // The call's ranges (None: a barrier), and whether it is
+            // replayed (ordered with accesses).
+            let (op, recorded, ranges) = match &r.event {
                 Event::Syscall { op, result, .. } => {
                     let (op, file) = replay_op(op, result, next_file);
-                    let first = deps.len();
-                    for (s, e) in op_ranges(&op) {
-                        let (ps, pe) = (s / 4096, e.div_ceil(4096));
-                        if (s, e) == EVERYWHERE {
-                            last_call.barrier(calls_before + 1);
-                        } else {
-                            last_call.paint(ps, pe, calls_before + 1);
-                        }
-                        wait_for_accesses(&mut touched, me, ps, pe, &mut deps, first);
-                    }
-                    for &(t, n) in &deps[first..] {
-                        threads[t][n - 1].publish = true;
-                    }
                     if let Some((id, size)) = file {
                         next_file += 1;
                         mm.apply(&Op::CreateFile {
@@ -493,45 +517,70 @@ impl Plan {
                             fill: 0,
                         });
                     }
-                    calls.push(call(CallOp::Op(op), *result, first..deps.len()));
-                    step.kind = Kind::Call;
+                    let ranges = op_ranges(&op);
+                    let ranges = (!ranges.contains(&EVERYWHERE)).then_some(ranges);
+                    (CallOp::Op(op), *result, ranges)
                 }
                 Event::Fault { addr, code, user } => {
                     touched[me].insert(addr / 4096, pos + 1);
-                    step.calls_before = last_call.before(addr / 4096);
+                    step.call = last_call.before(addr / 4096);
                     step.addr = *addr;
                     step.kind = Kind::Access(access_of(*code), *user);
+                    threads[me].push(step);
+                    continue;
                 }
+                // brk moves the heap's end from where the engine has it: a
+                // call of unknown range.
                 Event::Raw {
                     nr: crate::trace::nr::BRK,
                     args,
                     ret,
                     ..
-                } => {
-                    // brk moves the heap's end from where the engine has
-                    // it: a call of unknown range, ordered with every
-                    // access.
-                    let first = deps.len();
-                    wait_for_accesses(&mut touched, me, 0, u64::MAX, &mut deps, first);
-                    for &(t, n) in &deps[first..] {
-                        threads[t][n - 1].publish = true;
+                } => (CallOp::Brk(args[0]), Outcome::Ok(*ret as u64), None),
+                // Not replayed, so nothing on the engine to wait for; still
+                // a barrier (clone, fork...).
+                Event::Raw { ret, .. } => (CallOp::Skip, Outcome::Ok(*ret as u64), None),
+            };
+            let first = deps.len();
+            let first_call = call_deps.len();
+            match &ranges {
+                Some(ranges) => {
+                    for &(s, e) in ranges {
+                        let (ws, we) = widened(s, e);
+                        last_wide.last_calls(ws, we, &mut call_deps);
                     }
-                    last_call.barrier(calls_before + 1);
-                    calls.push(call(
-                        CallOp::Brk(args[0]),
-                        Outcome::Ok(*ret as u64),
-                        first..deps.len(),
-                    ));
-                    step.kind = Kind::Call;
+                    for &(s, e) in ranges {
+                        let (ws, we) = widened(s, e);
+                        last_wide.paint(ws, we, n + 1);
+                        let (ps, pe) = (s / 4096, e.div_ceil(4096));
+                        last_call.paint(ps, pe, n + 1);
+                        wait_for_accesses(&mut touched, me, ps, pe, &mut deps, first);
+                    }
                 }
-                Event::Raw { .. } => {
-                    // Not replayed, so nothing on the engine to wait for;
-                    // still a barrier: accesses recorded after it wait for
-                    // every call recorded before it.
-                    last_call.barrier(calls_before);
-                    step.calls_before = 0;
+                None => {
+                    last_wide.last_calls(0, u64::MAX, &mut call_deps);
+                    last_wide.barrier(n + 1);
+                    last_call.barrier(n + 1);
+                    if !matches!(op, CallOp::Skip) {
+                        wait_for_accesses(&mut touched, me, 0, u64::MAX, &mut deps, first);
+                    }
                 }
             }
+            let mut after = call_deps.split_off(first_call);
+            after.sort_unstable();
+            after.dedup();
+            call_deps.extend(after);
+            for &(t, n) in &deps[first..] {
+                threads[t][n - 1].publish = true;
+            }
+            calls.push(Call {
+                record: index,
+                tid: r.tid,
+                op,
+                recorded,
+                deps: first..deps.len(),
+                after: first_call..call_deps.len(),
+            });
             threads[me].push(step);
         }
         Self {
@@ -539,6 +588,7 @@ impl Plan {
             threads,
             calls,
             deps,
+            call_deps,
         }
     }
 }
@@ -554,8 +604,8 @@ struct Padded<T>(T);
 /// there are more recorded threads than cores, and only the thread whose
 /// condition holds is woken.
 struct Gate {
-    /// Calls done.
-    done: Padded<AtomicUsize>,
+    /// Per call: 1 once done.
+    done: Vec<AtomicUsize>,
     /// Per thread: steps done (published where another thread waits).
     progress: Vec<Padded<AtomicUsize>>,
     /// Per thread: what it sleeps on, or is about to.
@@ -564,8 +614,8 @@ struct Gate {
     handles: Vec<OnceLock<std::thread::Thread>>,
 }
 
-/// A sleeping thread's condition: counter `counter` (0: none, 1: calls
-/// done, 2 + t: thread t's progress) at least `value`.
+/// A sleeping thread's condition: counter `counter` (0: none, 1 + t:
+/// thread t's progress, 1 + threads + k: call k done) at least `value`.
 #[derive(Default)]
 struct Sleeper {
     counter: AtomicUsize,
@@ -577,13 +627,10 @@ struct Sleeper {
 /// the thread being waited for.
 const SPINS: u32 = 50;
 
-/// [`Sleeper::counter`] of the calls-done counter.
-const DONE: usize = 1;
-
 impl Gate {
-    fn new(threads: usize) -> Self {
+    fn new(threads: usize, calls: usize) -> Self {
         Self {
-            done: Padded::default(),
+            done: (0..calls).map(|_| AtomicUsize::new(0)).collect(),
             progress: (0..threads).map(|_| Padded::default()).collect(),
             sleep: (0..threads).map(|_| Padded::default()).collect(),
             handles: (0..threads).map(|_| OnceLock::new()).collect(),
@@ -591,11 +638,20 @@ impl Gate {
     }
 
     fn counter(&self, c: usize) -> &AtomicUsize {
-        if c == DONE {
-            &self.done.0
-        } else {
-            &self.progress[c - 2].0
+        match c.checked_sub(1 + self.progress.len()) {
+            Some(k) => &self.done[k],
+            None => &self.progress[c - 1].0,
         }
+    }
+
+    /// [`Self::wait`]'s counter of thread `t`'s progress.
+    fn thread(t: usize) -> usize {
+        1 + t
+    }
+
+    /// [`Self::wait`]'s counter of call `k`.
+    fn call(&self, k: usize) -> usize {
+        1 + self.progress.len() + k
     }
 
     /// Wait, as thread `me`, until counter `c` is at least `value`.
@@ -633,14 +689,14 @@ impl Gate {
         }
     }
 
-    fn call_done(&self) {
-        let now = self.done.0.fetch_add(1, Ordering::SeqCst) + 1;
-        self.wake(DONE, now);
+    fn call_done(&self, k: usize) {
+        self.done[k].store(1, Ordering::SeqCst);
+        self.wake(self.call(k), 1);
     }
 
     fn publish(&self, me: usize, steps: usize) {
         self.progress[me].0.store(steps, Ordering::SeqCst);
-        self.wake(2 + me, steps);
+        self.wake(Self::thread(me), steps);
     }
 }
 
@@ -653,9 +709,12 @@ struct ThreadResult {
     segv: u64,
     skipped: u64,
     segv_at: Vec<(usize, u64)>,
+    /// When measuring: each step's time, its waits left out (ns).
+    costs: Vec<u64>,
 }
 
-/// Play thread `me`'s steps.
+/// Play thread `me`'s steps; with `measure`, time each one.
+#[allow(clippy::too_many_arguments)]
 fn run_thread(
     me: usize,
     plan: &Plan,
@@ -664,30 +723,50 @@ fn run_thread(
     gate: &Gate,
     opts: ReplayOptions,
     start: Instant,
+    measure: bool,
 ) -> ThreadResult {
     let _ = gate.handles[me].set(std::thread::current());
     let mut out = ThreadResult::default();
+    if measure {
+        out.costs.reserve_exact(plan.threads[me].len());
+    }
     for (pos, st) in plan.threads[me].iter().enumerate() {
         if let Some(speed) = opts.speed {
             let t_ns = trace.records[st.index].t_ns;
             let due = start + Duration::from_nanos((t_ns as f64 / speed) as u64);
             wait_until(due);
         }
-        gate.wait(me, DONE, st.calls_before);
+        let mut began = None;
         match st.kind {
             Kind::Call => {
-                let call = &plan.calls[st.calls_before];
+                let call = &plan.calls[st.call];
+                for &k in &plan.call_deps[call.after.clone()] {
+                    gate.wait(me, gate.call(k as usize), 1);
+                }
                 for &(t, n) in &plan.deps[call.deps.clone()] {
-                    gate.wait(me, 2 + t, n);
+                    gate.wait(me, Gate::thread(t), n);
+                }
+                if measure {
+                    began = Some(Instant::now());
                 }
                 let res = match &call.op {
-                    CallOp::Op(op) => mm.apply(op),
-                    CallOp::Brk(addr) => Outcome::Ok(mm.brk(*addr)),
+                    CallOp::Op(op) => Some(mm.apply(op)),
+                    CallOp::Brk(addr) => Some(Outcome::Ok(mm.brk(*addr))),
+                    CallOp::Skip => None,
                 };
-                gate.call_done();
-                out.calls.push((st.calls_before, res));
+                gate.call_done(st.call);
+                match res {
+                    Some(res) => out.calls.push((st.call, res)),
+                    None => out.skipped += 1,
+                }
             }
             Kind::Access(access, user) => {
+                if st.call > 0 {
+                    gate.wait(me, gate.call(st.call - 1), 1);
+                }
+                if measure {
+                    began = Some(Instant::now());
+                }
                 out.faults += 1;
                 // The value written is not recorded; zero keeps the
                 // engine's sparse page contents empty.
@@ -703,17 +782,187 @@ fn run_thread(
                     }
                 }
             }
-            Kind::Skip => out.skipped += 1,
         }
         if st.publish {
             gate.publish(me, pos + 1);
+        }
+        if let Some(b) = began {
+            out.costs.push(b.elapsed().as_nanos() as u64);
         }
     }
     out
 }
 
+/// A model of how fast a replay could go: the longest chain of its
+/// ordering constraints.
+#[derive(Clone, Debug, Serialize)]
+pub struct CriticalPath {
+    /// What the figures are.
+    pub model: &'static str,
+    /// The records' costs added up: the replay's work (on N cores it takes
+    /// at least work / N).
+    pub work_ns: u64,
+    /// The longest path through the dependency graph (program order, a
+    /// call's waits for earlier calls and for other threads' accesses, an
+    /// access's wait for a call), each record costing its time measured
+    /// in this replay.
+    pub path_ns: u64,
+    /// The same, each record costing the mean measured cost of its kind.
+    pub path_mean_ns: u64,
+    /// The same, each record costing the median measured cost of its kind
+    /// (which leaves out most of the time records spent waiting for the
+    /// engine's locks or for a CPU).
+    pub path_median_ns: u64,
+    /// The work with each record costing the median of its kind.
+    pub work_median_ns: u64,
+    /// The measured costs by kind of record.
+    pub kinds: Vec<KindCost>,
+}
+
+/// The measured cost of one kind of record.
+#[derive(Clone, Debug, Serialize)]
+pub struct KindCost {
+    /// An op's name, brk, skipped (a call not replayed), or an access's
+    /// kind.
+    pub kind: String,
+    /// Records of the kind.
+    pub count: u64,
+    /// Their mean cost.
+    pub mean_ns: u64,
+    /// Their median cost.
+    pub median_ns: u64,
+}
+
+const MODEL: &str = "model: each record costs its time measured in this replay, its waits left \
+                     out (the engine's own lock waits included); the path assumes as many cores \
+                     as threads";
+
+/// The kind of a step, for its mean cost.
+fn kind_name(plan: &Plan, st: &Step) -> String {
+    match st.kind {
+        Kind::Access(a, user) => format!("{} {a:?}", if user { "user" } else { "kernel" }),
+        Kind::Call => match &plan.calls[st.call].op {
+            CallOp::Op(op) => {
+                let s = crate::trace::format_op(op);
+                s.split(' ').next().unwrap_or_default().to_owned()
+            }
+            CallOp::Brk(_) => "brk".to_owned(),
+            CallOp::Skip => "skipped".to_owned(),
+        },
+    }
+}
+
+/// The longest path through the plan's dependency graph, step `(t, pos)`
+/// costing `cost(t, pos)`.
+fn longest_path(plan: &Plan, cost: impl Fn(usize, usize) -> u64) -> u64 {
+    let n: usize = plan.threads.iter().map(Vec::len).sum();
+    let mut at = vec![(0u32, 0u32); n];
+    for (t, steps) in plan.threads.iter().enumerate() {
+        for (pos, st) in steps.iter().enumerate() {
+            at[st.index] = (t as u32, pos as u32);
+        }
+    }
+    // By record: when it is done.
+    let mut fin = vec![0u64; n];
+    for i in 0..n {
+        let (t, pos) = (at[i].0 as usize, at[i].1 as usize);
+        let steps = &plan.threads[t];
+        let st = &steps[pos];
+        let mut ready = if pos > 0 {
+            fin[steps[pos - 1].index]
+        } else {
+            0
+        };
+        match st.kind {
+            Kind::Call => {
+                let call = &plan.calls[st.call];
+                for &k in &plan.call_deps[call.after.clone()] {
+                    ready = ready.max(fin[plan.calls[k as usize].record]);
+                }
+                for &(u, m) in &plan.deps[call.deps.clone()] {
+                    ready = ready.max(fin[plan.threads[u][m - 1].index]);
+                }
+            }
+            Kind::Access(..) if st.call > 0 => {
+                ready = ready.max(fin[plan.calls[st.call - 1].record]);
+            }
+            Kind::Access(..) => {}
+        }
+        fin[i] = ready + cost(t, pos);
+    }
+    fin.into_iter().max().unwrap_or(0)
+}
+
+/// The critical path of `plan` with the per-step costs measured
+/// (`costs[t][pos]`).
+fn critical_path(plan: &Plan, costs: &[Vec<u64>]) -> CriticalPath {
+    // Kinds, by name; each step's kind; each kind's costs.
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut of_kind: Vec<Vec<u64>> = Vec::new();
+    let kind_of: Vec<Vec<u32>> = plan
+        .threads
+        .iter()
+        .enumerate()
+        .map(|(t, steps)| {
+            steps
+                .iter()
+                .enumerate()
+                .map(|(pos, st)| {
+                    let next = names.len();
+                    let id = *names.entry(kind_name(plan, st)).or_insert(next);
+                    if id == of_kind.len() {
+                        of_kind.push(Vec::new());
+                    }
+                    of_kind[id].push(costs[t][pos]);
+                    id as u32
+                })
+                .collect()
+        })
+        .collect();
+    let mean: Vec<u64> = of_kind
+        .iter()
+        .map(|c| c.iter().sum::<u64>() / c.len().max(1) as u64)
+        .collect();
+    let median: Vec<u64> = of_kind
+        .iter_mut()
+        .map(|c| {
+            let mid = c.len() / 2;
+            *c.select_nth_unstable(mid).1
+        })
+        .collect();
+    let mut kinds: Vec<KindCost> = names
+        .into_iter()
+        .map(|(kind, id)| KindCost {
+            kind,
+            count: of_kind[id].len() as u64,
+            mean_ns: mean[id],
+            median_ns: median[id],
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.kind.cmp(&b.kind)));
+    CriticalPath {
+        model: MODEL,
+        work_ns: costs.iter().flatten().sum(),
+        path_ns: longest_path(plan, |t, pos| costs[t][pos]),
+        path_mean_ns: longest_path(plan, |t, pos| mean[kind_of[t][pos] as usize]),
+        path_median_ns: longest_path(plan, |t, pos| median[kind_of[t][pos] as usize]),
+        work_median_ns: kinds.iter().map(|k| k.count * k.median_ns).sum(),
+        kinds,
+    }
+}
+
 /// Replay a trace.
 pub fn replay(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
+    replay_inner(trace, opts, false)
+}
+
+/// Replay a trace, timing each record, and report the replay's
+/// [`CriticalPath`] (the timing slows the replay a little).
+pub fn replay_with_critical_path(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
+    replay_inner(trace, opts, true)
+}
+
+fn replay_inner(trace: &Trace, opts: ReplayOptions, measure: bool) -> ReplayReport {
     let mm = SharedMm::new(MmConfig::default(), opts.strategy);
     // The brk area: the heap's place, or the first brk(0)'s answer.
     let first_brk = trace.records.iter().find_map(|r| match r.event {
@@ -750,13 +999,13 @@ pub fn replay(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
     }
     let plan = Plan::new(trace, &mm);
     mm.reset_stats();
-    let gate = Gate::new(plan.tids.len());
+    let gate = Gate::new(plan.tids.len(), plan.calls.len());
     let start = Instant::now();
     let results: Vec<ThreadResult> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..plan.tids.len())
             .map(|me| {
                 let (plan, mm, gate) = (&plan, &mm, &gate);
-                s.spawn(move || run_thread(me, plan, trace, mm, gate, opts, start))
+                s.spawn(move || run_thread(me, plan, trace, mm, gate, opts, start, measure))
             })
             .collect();
         handles
@@ -768,7 +1017,9 @@ pub fn replay(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
     let mut replayed: Vec<Option<Outcome>> = vec![None; plan.calls.len()];
     let (mut faults, mut segv, mut skipped) = (0, 0, 0);
     let mut segv_first = Vec::new();
+    let mut costs = Vec::new();
     for r in results {
+        costs.push(r.costs);
         for (c, o) in r.calls {
             replayed[c] = Some(o);
         }
@@ -781,17 +1032,21 @@ pub fn replay(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
         .calls
         .iter()
         .zip(replayed)
-        .map(|(c, o)| CallResult {
-            record: c.record,
-            tid: c.tid,
-            op: match &c.op {
-                CallOp::Op(op) => crate::trace::format_op(op),
-                CallOp::Brk(addr) => format!("brk addr={addr:#x}"),
-            },
-            recorded: c.recorded,
-            replayed: o.expect("every call is replayed"),
+        .filter_map(|(c, o)| {
+            Some(CallResult {
+                record: c.record,
+                tid: c.tid,
+                op: match &c.op {
+                    CallOp::Op(op) => crate::trace::format_op(op),
+                    CallOp::Brk(addr) => format!("brk addr={addr:#x}"),
+                    CallOp::Skip => return None,
+                },
+                recorded: c.recorded,
+                replayed: o.expect("every call is replayed"),
+            })
         })
         .collect();
+    let critical_path = measure.then(|| critical_path(&plan, &costs));
     ReplayReport {
         strategy: opts.strategy,
         elapsed_ns: elapsed.as_nanos() as u64,
@@ -809,6 +1064,7 @@ pub fn replay(trace: &Trace, opts: ReplayOptions) -> ReplayReport {
         calls,
         stats: mm.stats(),
         maps: mm.proc_maps(),
+        critical_path,
     }
 }
 
@@ -980,14 +1236,27 @@ mod tests {
         )
     }
 
-    /// The calls that must be done before record `index` runs.
-    fn waits_for(plan: &Plan, index: usize) -> usize {
-        plan.threads
+    fn step(plan: &Plan, index: usize) -> Step {
+        *plan
+            .threads
             .iter()
             .flatten()
             .find(|s| s.index == index)
             .expect("a step per record")
-            .calls_before
+    }
+
+    /// The call an access (record `index`) waits for, + 1 (0: none).
+    fn waits_for(plan: &Plan, index: usize) -> usize {
+        let st = step(plan, index);
+        assert!(matches!(st.kind, Kind::Access(..)));
+        st.call
+    }
+
+    /// The earlier calls a call (record `index`) waits for.
+    fn call_waits_for(plan: &Plan, index: usize) -> Vec<u32> {
+        let st = step(plan, index);
+        assert!(matches!(st.kind, Kind::Call));
+        plan.call_deps[plan.calls[st.call].after.clone()].to_vec()
     }
 
     const A: u64 = 0x7f00_0000_0000;
@@ -1004,6 +1273,122 @@ mod tests {
                 1,
             ),
         )
+    }
+
+    fn call_rec(t: u64, tid: u32, nr: i64, args: [u64; 6], ret: i64) -> Record {
+        rec(t, tid, syscall_event(nr, args, ret, 1))
+    }
+
+    /// An anonymous MAP_FIXED mmap of `len` bytes at `addr`.
+    fn mmap_len(t: u64, tid: u32, addr: u64, len: u64) -> Record {
+        call_rec(
+            t,
+            tid,
+            nr::MMAP,
+            [addr, len, 3, 0x32, u64::MAX, 0],
+            addr as i64,
+        )
+    }
+
+    #[test]
+    fn a_call_waits_only_for_earlier_calls_within_a_page_of_its_range() {
+        let trace = Trace {
+            records: vec![
+                /* 0: call 0 */ mmap_len(0, 1, A, 0x10000),
+                /* 1: call 1, far from call 0 */ mmap_len(10, 2, B, 0x10000),
+                /* 2: call 2, one page after call 0's end */
+                mmap_len(20, 2, A + 0x11000, 0x1000),
+                /* 3: call 3, inside call 1's range */
+                call_rec(30, 3, nr::MPROTECT, [B + 0x2000, 0x1000, 1, 0, 0, 0], 0),
+                /* 4: call 4, far from every other */
+                mmap_len(40, 3, A + 0x20000, 0x1000),
+                /* 5: call 5, two pages after call 2's end */
+                mmap_len(50, 1, A + 0x14000, 0x1000),
+                /* 6: call 6, brk: a barrier */
+                rec(
+                    60,
+                    1,
+                    Event::Raw {
+                        nr: nr::BRK,
+                        args: [0, 0, 0, 0, 0, 0],
+                        ret: 0x5000_0000,
+                        dur_ns: 1,
+                    },
+                ),
+                /* 7: call 7, far from every other */
+                call_rec(70, 2, nr::MUNMAP, [B + 0x8000, 0x1000, 0, 0, 0, 0], 0),
+                /* 8: call 8, a call not replayed: a barrier too */
+                call_rec(80, 3, nr::MLOCKALL, [1, 0, 0, 0, 0, 0], 0),
+                /* 9: call 9 */ mmap_len(90, 1, A + 0x100_000, 0x1000),
+                /* 10 */ fault(100, 2, A + 0x3000),
+                /* 11 */ fault(110, 3, A + 0x100_000),
+            ],
+            ..Trace::default()
+        };
+        let mm = SharedMm::new(MmConfig::default(), FaultStrategy::PerVma);
+        let plan = Plan::new(&trace, &mm);
+        let none: [u32; 0] = [];
+        assert_eq!(call_waits_for(&plan, 0), none);
+        // Another thread's call far away does not wait.
+        assert_eq!(call_waits_for(&plan, 1), none);
+        // Within one page of an earlier call's range: waits for it.
+        assert_eq!(call_waits_for(&plan, 2), [0]);
+        // Overlapping: waits.
+        assert_eq!(call_waits_for(&plan, 3), [1]);
+        assert_eq!(call_waits_for(&plan, 4), none);
+        // Two pages away: does not wait.
+        assert_eq!(call_waits_for(&plan, 5), none);
+        // A barrier waits for every earlier call (each still the last
+        // call on some page)...
+        assert_eq!(call_waits_for(&plan, 6), [0, 1, 2, 3, 4, 5]);
+        // ...and every later call waits for it.
+        assert_eq!(call_waits_for(&plan, 7), [6]);
+        // So does a call that is not replayed.
+        assert_eq!(call_waits_for(&plan, 8), [6, 7]);
+        assert_eq!(call_waits_for(&plan, 9), [8]);
+        // Accesses wait for the last barrier, or a later call on their page.
+        assert_eq!(waits_for(&plan, 10), 9);
+        assert_eq!(waits_for(&plan, 11), 10);
+        // Every wait is for something recorded earlier (no deadlock).
+        for (k, c) in plan.calls.iter().enumerate() {
+            assert!(
+                plan.call_deps[c.after.clone()]
+                    .iter()
+                    .all(|&d| (d as usize) < k)
+            );
+        }
+        for strategy in FaultStrategy::ALL {
+            for _ in 0..20 {
+                let r = replay(
+                    &trace,
+                    ReplayOptions {
+                        strategy,
+                        speed: None,
+                    },
+                );
+                assert_eq!(
+                    (
+                        r.syscalls,
+                        r.skipped,
+                        r.faults,
+                        r.segv,
+                        r.mismatches().count()
+                    ),
+                    (9, 1, 2, 0, 0),
+                    "{strategy:?}"
+                );
+            }
+        }
+        let r = replay_with_critical_path(
+            &trace,
+            ReplayOptions {
+                strategy: FaultStrategy::PerVma,
+                speed: None,
+            },
+        );
+        let cp = r.critical_path.expect("asked for");
+        assert!(cp.path_ns <= cp.work_ns && cp.path_mean_ns <= cp.work_ns.max(1) * 2);
+        assert_eq!(cp.kinds.iter().map(|k| k.count).sum::<u64>(), 12);
     }
 
     #[test]
@@ -1039,8 +1424,9 @@ mod tests {
         // A fault on B past the mprotect and outside the munmap waits for
         // B's mmap (call 1) only.
         assert_eq!(waits_for(&plan, 6), 2);
-        // Calls still wait for every call before them.
-        assert_eq!(waits_for(&plan, 4), 3);
+        // The munmap of B's end waits for B's mmap (call 1), not for the
+        // mprotect of B's first page (call 2), more than a page away.
+        assert_eq!(call_waits_for(&plan, 4), [1]);
         let r = replay(
             &trace,
             ReplayOptions {

@@ -8,6 +8,13 @@
 //! (reading and parsing the trace included), each with its ratio to the
 //! recorded span. With `--trace FILE` it replays that trace instead and
 //! needs no root.
+//!
+//! Then, per strategy, one more replay with `--critical-path` (timing
+//! every record, so not among the timed rounds) gives a model of how fast
+//! the replay could go: the longest chain of records that wait for one
+//! another (the replay's ordering rules), each record costing its time
+//! measured in that replay, or the mean of its kind; and the work (all
+//! the records' costs), which bounds the replay from below at work / CPUs.
 
 use std::{
     path::{Path, PathBuf},
@@ -109,6 +116,45 @@ fn replay_once(probe: &Path, trace: &Path, strategy: &str) -> Result<Run> {
     })
 }
 
+/// A `--critical-path` replay's model, ns.
+struct Model {
+    /// The path with per-record costs, with per-kind mean costs, with
+    /// per-kind median costs.
+    path: u64,
+    path_mean: u64,
+    path_median: u64,
+    /// The work with per-record costs, with per-kind median costs.
+    work: u64,
+    work_median: u64,
+}
+
+fn critical_path_once(probe: &Path, trace: &Path, strategy: &str) -> Result<Model> {
+    let out = output(Command::new(probe).arg("replay").arg(trace).args([
+        "--speed",
+        "max",
+        "--strategy",
+        strategy,
+        "--critical-path",
+        "--format",
+        "json",
+    ]))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).context("mm-probe replay printed no JSON report")?;
+    let cp = &v["replays"][0]["critical_path"];
+    let num = |what: &str| {
+        cp[what]
+            .as_u64()
+            .with_context(|| format!("the replay report has no critical_path.{what}"))
+    };
+    Ok(Model {
+        path: num("path_ns")?,
+        path_mean: num("path_mean_ns")?,
+        path_median: num("path_median_ns")?,
+        work: num("work_ns")?,
+        work_median: num("work_median_ns")?,
+    })
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -162,12 +208,14 @@ pub fn run(o: Options) -> Result<()> {
     );
     let mut worst: Option<f64> = None;
     let mut first = true;
+    let mut recorded_span = 0;
     for s in STRATEGIES {
         let mut runs = Vec::new();
         for _ in 0..o.rounds {
             runs.push(replay_once(&probe, &trace, s)?);
         }
         let (recorded, records) = (runs[0].recorded_ns, runs[0].records);
+        recorded_span = recorded;
         if first {
             println!(
                 "trace: {records} records over a recorded span of {}{}",
@@ -212,6 +260,35 @@ pub fn run(o: Options) -> Result<()> {
         println!(
             "slowest strategy replays {w:.1}x faster than recorded (target: {TARGET_RATIO:.0}x): {}",
             if w >= TARGET_RATIO { "met" } else { "NOT met" }
+        );
+    }
+    println!(
+        "critical path (a model, from one more replay per strategy with --critical-path: \
+         the longest chain of records waiting for one another, each costing its time \
+         measured in that replay, or its kind's mean or median; it assumes a core per \
+         replay thread; the work, all records' costs, / {cpus} CPUs bounds the replay \
+         from below too; measured times include engine lock waits and preemption):"
+    );
+    println!(
+        "{:<12} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "strategy", "path", "path (means)", "path (medians)", "work/CPUs", "(medians)"
+    );
+    let both = |ns: u64| {
+        format!(
+            "{} {:>5.1}x",
+            secs(ns),
+            recorded_span as f64 / ns.max(1) as f64
+        )
+    };
+    for s in STRATEGIES {
+        let m = critical_path_once(&probe, &trace, s)?;
+        println!(
+            "{s:<12} {:>16} {:>16} {:>16} {:>16} {:>16}",
+            both(m.path),
+            both(m.path_mean),
+            both(m.path_median),
+            both(m.work / cpus as u64),
+            both(m.work_median / cpus as u64)
         );
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use mm_core::{
-    replay::{ReplayOptions, ReplayReport, replay},
+    replay::{ReplayOptions, ReplayReport, replay, replay_with_critical_path},
     trace,
 };
 
@@ -34,6 +34,12 @@ pub struct ReplayArgs {
     /// replayed result.
     #[arg(long)]
     maps: bool,
+    /// Also time each record and report the critical path of the
+    /// replay's ordering constraints (a model: the longest chain of
+    /// records that wait for one another, each costing its measured time;
+    /// JSON field `critical_path`). The timing slows the replay a little.
+    #[arg(long)]
+    critical_path: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
@@ -66,13 +72,15 @@ pub fn run(a: &ReplayArgs) -> Result<i32> {
         .0
         .iter()
         .map(|s| {
-            replay(
-                &t,
-                ReplayOptions {
-                    strategy: *s,
-                    speed: a.speed.0,
-                },
-            )
+            let opts = ReplayOptions {
+                strategy: *s,
+                speed: a.speed.0,
+            };
+            if a.critical_path {
+                replay_with_critical_path(&t, opts)
+            } else {
+                replay(&t, opts)
+            }
         })
         .collect();
     match a.format {
@@ -113,7 +121,7 @@ fn table(t: &trace::Trace, reports: &[ReplayReport], maps: bool, read_ns: u64) -
     head.extend(reports.iter().map(|r| Cell::new(r.strategy.name())));
     tb.set_header(head);
     type Get = dyn Fn(&ReplayReport) -> String;
-    let rows: Vec<(&str, Box<Get>)> = vec![
+    let mut rows: Vec<(&str, Box<Get>)> = vec![
         ("replay time", Box::new(|r| format_ns(r.elapsed_ns))),
         (
             "  recorded time / replay time",
@@ -198,6 +206,52 @@ fn table(t: &trace::Trace, reports: &[ReplayReport], maps: bool, read_ns: u64) -
             }),
         ),
     ];
+    if reports.iter().any(|r| r.critical_path.is_some()) {
+        let cp = |r: &ReplayReport, f: fn(&mm_core::replay::CriticalPath) -> u64| {
+            r.critical_path
+                .as_ref()
+                .map_or(String::new(), |c| format_ns(f(c)))
+        };
+        let ratio = |r: &ReplayReport, f: fn(&mm_core::replay::CriticalPath) -> u64| {
+            r.critical_path.as_ref().map_or(String::new(), |c| {
+                format!("{:.1}x", r.recorded_ns as f64 / f(c).max(1) as f64)
+            })
+        };
+        rows.extend::<Vec<(&str, Box<Get>)>>(vec![
+            (
+                "critical path (model, measured costs)",
+                Box::new(move |r| cp(r, |c| c.path_ns)),
+            ),
+            (
+                "  recorded time / critical path",
+                Box::new(move |r| ratio(r, |c| c.path_ns)),
+            ),
+            (
+                "critical path (model, mean cost per kind)",
+                Box::new(move |r| cp(r, |c| c.path_mean_ns)),
+            ),
+            (
+                "  recorded time / critical path",
+                Box::new(move |r| ratio(r, |c| c.path_mean_ns)),
+            ),
+            (
+                "critical path (model, median cost per kind)",
+                Box::new(move |r| cp(r, |c| c.path_median_ns)),
+            ),
+            (
+                "  recorded time / critical path",
+                Box::new(move |r| ratio(r, |c| c.path_median_ns)),
+            ),
+            (
+                "work (records' costs added up)",
+                Box::new(move |r| cp(r, |c| c.work_ns)),
+            ),
+            (
+                "work (median cost per kind)",
+                Box::new(move |r| cp(r, |c| c.work_median_ns)),
+            ),
+        ]);
+    }
     for (name, get) in rows {
         let mut cells = vec![Cell::new(name)];
         cells.extend(
