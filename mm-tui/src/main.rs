@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use app::{Action, App, ProcRow};
 use clap::Parser;
-use mm_core::{shared_mm::FaultStrategy, stats::Drops, workload::presets};
+use mm_core::{shared_mm::FaultStrategy, stats::Drops};
 use ratatui::crossterm::event::{self, Event};
 use sources::{Engine, Host, load_plan};
 
@@ -311,13 +311,10 @@ fn run(cli: Cli) -> Result<()> {
         (None, false) => Some(DEFAULT_WORKLOAD.to_string()),
         (None, true) => None,
     };
-    let plan =
-        match &workload {
-            Some(w) => Some(load_plan(w).with_context(|| {
-                format!("--workload {w} (presets: {})", presets::NAMES.join(", "))
-            })?),
-            None => None,
-        };
+    let plan = match &workload {
+        Some(w) => Some(load_plan(w).with_context(|| format!("--workload {w}"))?),
+        None => None,
+    };
 
     eprintln!("mm-tui: loading the probe…");
     let mut host = Host::attach(!cli.command.is_empty());
