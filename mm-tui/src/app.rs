@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use mm_core::shared_mm::FaultStrategy;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use crate::model::{HistMode, SideModel};
+use crate::model::{HistMode, Rates, SideModel};
 
 /// Every key binding, as the help overlay lists it.
 pub const KEYS: &[(&str, &str)] = &[
@@ -145,7 +145,8 @@ impl Column {
     }
 
     fn key(self, p: &ProcRow) -> f64 {
-        let r = p.model.rates.clone().unwrap_or_default();
+        let none = Rates::default();
+        let r = p.model.rates.as_ref().unwrap_or(&none);
         let l = &p.model.cum.mmap_lock;
         match self {
             Self::Pid => f64::from(p.pid),
@@ -304,24 +305,26 @@ impl App {
     /// The process list as shown: filtered, then sorted.
     pub fn visible_procs(&self) -> Vec<&ProcRow> {
         let f = self.filter.to_lowercase();
-        let mut rows: Vec<&ProcRow> = self
+        let col = self.sort;
+        // Each row's sort key once (a p99 merges two histograms).
+        let mut rows: Vec<(f64, &ProcRow)> = self
             .procs
             .values()
             .filter(|p| {
                 f.is_empty() || p.comm.to_lowercase().contains(&f) || p.pid.to_string().contains(&f)
             })
+            .map(|p| (col.key(p), p))
             .collect();
-        let col = self.sort;
-        rows.sort_by(|a, b| {
+        rows.sort_by(|(ka, a), (kb, b)| {
             let o = if col == Column::Comm {
                 a.comm.cmp(&b.comm)
             } else {
-                col.key(a).total_cmp(&col.key(b))
+                ka.total_cmp(kb)
             };
             let o = if self.sort_desc { o.reverse() } else { o };
             o.then(a.pid.cmp(&b.pid))
         });
-        rows
+        rows.into_iter().map(|(_, p)| p).collect()
     }
 
     fn move_selection(&mut self, down: bool) {

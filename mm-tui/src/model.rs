@@ -88,7 +88,8 @@ pub struct SideModel {
     pub cum: ProcessStats,
     /// Losses since the start (host only).
     pub drops: Drops,
-    prev: Option<(u64, ProcessStats)>,
+    /// When `cum` was read; `None` until a reading is a baseline for rates.
+    read_at: Option<u64>,
     /// Rates of the last interval, once there have been two samples.
     pub rates: Option<Rates>,
     /// Read acquisitions per second, oldest first.
@@ -112,10 +113,10 @@ impl SideModel {
     /// Take a new reading: `cum` are the totals since the start, `now_ns`
     /// a monotonic time. The first reading only sets the baseline.
     pub fn update(&mut self, now_ns: u64, cum: ProcessStats, drops: Drops) {
-        if let Some((then, prev)) = &self.prev {
-            let secs = now_ns.saturating_sub(*then) as f64 / 1e9;
+        if let Some(then) = self.read_at {
+            let secs = now_ns.saturating_sub(then) as f64 / 1e9;
             if secs > 0.0 {
-                let d = cum.since(prev);
+                let d = cum.since(&self.cum);
                 let per = |n: u64| n as f64 / secs;
                 let (u, k) = (d.faults.user.to_array(), d.faults.kernel.to_array());
                 let r = Rates {
@@ -133,7 +134,7 @@ impl SideModel {
                 self.rates = Some(r);
             }
         }
-        self.prev = Some((now_ns, cum.clone()));
+        self.read_at = Some(now_ns);
         self.cum = cum;
         self.drops = drops;
     }
@@ -141,7 +142,7 @@ impl SideModel {
     /// Forget the previous reading, so that the next one sets a new
     /// baseline instead of averaging over a pause.
     pub fn resync(&mut self) {
-        self.prev = None;
+        self.read_at = None;
     }
 
     /// Forget everything (counters were reset at the source).

@@ -6,7 +6,7 @@
 //! each with the same rows; their histograms share one x axis, so a bar in
 //! the same place means the same durations on both sides.
 
-use mm_core::stats::{FaultKind, bucket_bounds};
+use mm_core::stats::{FaultKind, LockModeStats, bucket_bounds};
 use ratatui::{
     Frame,
     layout::{Alignment, Constraint, Layout, Rect},
@@ -32,6 +32,9 @@ const LABEL: usize = 14;
 
 /// The bucket ranges the wait and hold charts draw (shared by the columns).
 type Ranges = (Option<(usize, usize)>, Option<(usize, usize)>);
+
+/// The lock mode(s) the charts draw, and their statistics.
+type Lock<'a> = (HistMode, &'a LockModeStats);
 const VALUE: usize = 9;
 
 /// Draw everything.
@@ -188,7 +191,10 @@ fn draw_compare(f: &mut Frame, area: Rect, app: &App) {
     );
     let wait_range = common_range(&[&hw.wait, &ew.wait]);
     let hold_range = common_range(&[&hw.hold, &ew.hold]);
-    for (pane, rect, name) in [(&app.host, left, "HOST"), (&app.engine, right, "ENGINE")] {
+    for (pane, lock, rect, name) in [
+        (&app.host, &hw, left, "HOST"),
+        (&app.engine, &ew, right, "ENGINE"),
+    ] {
         let title = if pane.title.is_empty() {
             format!(" {name} ")
         } else {
@@ -197,11 +203,11 @@ fn draw_compare(f: &mut Frame, area: Rect, app: &App) {
         let block = Block::bordered().title(Span::raw(title).bold());
         let inner = block.inner(rect);
         f.render_widget(block, rect);
-        draw_pane(f, inner, pane, app.hist, (wait_range, hold_range));
+        draw_pane(f, inner, pane, (app.hist, lock), (wait_range, hold_range));
     }
 }
 
-fn draw_pane(f: &mut Frame, area: Rect, pane: &SidePane, hist: HistMode, ranges: Ranges) {
+fn draw_pane(f: &mut Frame, area: Rect, pane: &SidePane, lock: Lock, ranges: Ranges) {
     if pane.model.rates.is_none() && !pane.message.is_empty() {
         let lines: Vec<Line> = pane
             .message
@@ -230,7 +236,7 @@ fn draw_pane(f: &mut Frame, area: Rect, pane: &SidePane, hist: HistMode, ranges:
             .collect();
         f.render_widget(Paragraph::new(lines), msg);
     }
-    draw_figures(f, area, &pane.model, hist, ranges);
+    draw_figures(f, area, &pane.model, lock, ranges);
 }
 
 fn row(label: &str, value: String) -> Vec<Span<'static>> {
@@ -248,7 +254,7 @@ fn draw_figures(
     f: &mut Frame,
     area: Rect,
     m: &SideModel,
-    hist: HistMode,
+    (hist, l): Lock,
     (wait_range, hold_range): Ranges,
 ) {
     let r = m.rates.clone().unwrap_or_default();
@@ -347,7 +353,6 @@ fn draw_figures(
         }
         f.render_widget(Line::from(spans), hl[i]);
     }
-    let l = m.lock(hist);
     let tag = match hist {
         HistMode::Both => "",
         HistMode::Read => "(r)",
@@ -564,13 +569,8 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App) {
     let inner = block.inner(area);
     f.render_widget(block, area);
     let l = p.model.lock(app.hist);
-    draw_figures(
-        f,
-        inner,
-        &p.model,
-        app.hist,
-        (common_range(&[&l.wait]), common_range(&[&l.hold])),
-    );
+    let ranges = (common_range(&[&l.wait]), common_range(&[&l.hold]));
+    draw_figures(f, inner, &p.model, (app.hist, &l), ranges);
 }
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {

@@ -217,40 +217,31 @@ fn table(t: &trace::Trace, reports: &[ReplayReport], maps: bool, read_ns: u64) -
                 format!("{:.1}x", r.recorded_ns as f64 / f(c).max(1) as f64)
             })
         };
-        rows.extend::<Vec<(&str, Box<Get>)>>(vec![
-            (
-                "critical path (model, measured costs)",
-                Box::new(move |r| cp(r, |c| c.path_ns)),
-            ),
-            (
-                "  recorded time / critical path",
-                Box::new(move |r| ratio(r, |c| c.path_ns)),
-            ),
+        type Field = fn(&mm_core::replay::CriticalPath) -> u64;
+        let figures: [(&str, Field, bool); 5] = [
+            ("critical path (model, measured costs)", |c| c.path_ns, true),
             (
                 "critical path (model, mean cost per kind)",
-                Box::new(move |r| cp(r, |c| c.path_mean_ns)),
-            ),
-            (
-                "  recorded time / critical path",
-                Box::new(move |r| ratio(r, |c| c.path_mean_ns)),
+                |c| c.path_mean_ns,
+                true,
             ),
             (
                 "critical path (model, median cost per kind)",
-                Box::new(move |r| cp(r, |c| c.path_median_ns)),
+                |c| c.path_median_ns,
+                true,
             ),
-            (
-                "  recorded time / critical path",
-                Box::new(move |r| ratio(r, |c| c.path_median_ns)),
-            ),
-            (
-                "work (records' costs added up)",
-                Box::new(move |r| cp(r, |c| c.work_ns)),
-            ),
-            (
-                "work (median cost per kind)",
-                Box::new(move |r| cp(r, |c| c.work_median_ns)),
-            ),
-        ]);
+            ("work (records' costs added up)", |c| c.work_ns, false),
+            ("work (median cost per kind)", |c| c.work_median_ns, false),
+        ];
+        for (name, f, with_ratio) in figures {
+            rows.push((name, Box::new(move |r| cp(r, f))));
+            if with_ratio {
+                rows.push((
+                    "  recorded time / critical path",
+                    Box::new(move |r| ratio(r, f)),
+                ));
+            }
+        }
     }
     for (name, get) in rows {
         let mut cells = vec![Cell::new(name)];
