@@ -14,6 +14,11 @@
 //!   queued readers like this when the first waiter is a reader and hands
 //!   over to a first-queued writer otherwise; the engine alternates
 //!   phases instead of keeping one FIFO queue.)
+//! - A waiter spins before it sleeps (`rwsem_optimistic_spin()`), for a
+//!   bounded number of checks where the kernel spins while the owner runs
+//!   on a CPU: a writer that gets the lock while spinning, before writers
+//!   asleep, is not contended (the kernel's `contention_begin` comes
+//!   after the spin); a reader that could not have it at once is.
 //! - `mmap_write_downgrade()` ([`MmapWriteGuard::downgrade`]) turns the
 //!   write hold into a read hold atomically: sleeping readers come in with
 //!   it, a waiting writer keeps waiting until every reader has left.
@@ -36,8 +41,9 @@
 //! Every acquisition and release is counted in the schema of the host probe
 //! ([`MmapLockStats`], [`ContextStats`]; see `mm-ebpf`): the counters are
 //! relaxed atomics, per ([`LockSite`], mode), with no lock of their own, so
-//! instrumenting the lock does not serialize its users (hold times are
-//! recorded after the release).
+//! instrumenting the lock does not serialize its users (an acquisition,
+//! its wait and its hold are recorded after the release, so recording
+//! adds nothing to the time the lock is held).
 //!
 //! All synchronisation goes through [`crate::sync`], so the loom and shuttle
 //! runs (tests/model_mmap_lock.rs) check this very code.
@@ -157,7 +163,11 @@ impl AtomicLog2Histogram {
     pub(crate) fn record(&self, v: u64) {
         self.buckets[bucket_index(v)].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(v, Ordering::Relaxed);
-        self.max.fetch_max(v, Ordering::Relaxed);
+        // fetch_max is a compare-and-swap loop; most values are no new
+        // maximum, and a load tells.
+        if v > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(v, Ordering::Relaxed);
+        }
     }
 
     /// The values recorded so far. Each part is exact; taken while others
@@ -323,9 +333,13 @@ pub struct MmapLock {
     readers_cv: Condvar,
     /// Sleeping writers.
     writers_cv: Condvar,
-    /// Counters per (site, mode), see [`slot`]; `SLOTS` of them, boxed
-    /// (a few thousand atomics, too many for a model checker's stack).
-    counters: Box<[SiteModeCounters]>,
+    /// Counters per (site, mode), see [`slot`]: one set per "CPU"
+    /// ([`crate::percpu`]), made when a thread of that CPU first counts,
+    /// so that threads taking the lock do not also share the counters'
+    /// cache lines (a reader's acquisition and release would otherwise
+    /// bounce them between CPUs); one set under a model checker. Boxed (a
+    /// few thousand atomics, too many for a model checker's stack).
+    counters: Box<[std::sync::OnceLock<Box<[SiteModeCounters]>>]>,
     /// Write locks downgraded to read.
     downgrades: AtomicU64,
 }
@@ -349,6 +363,12 @@ impl fmt::Debug for MmapLock {
     }
 }
 
+/// Checks of the lock word a waiter makes before it sleeps (about 3 µs
+/// of `pause`s on x86): a writer holds the engine's lock for about a
+/// microsecond, a sleep and wake-up costs several. One under a model
+/// checker, so that taking the lock while spinning is explored.
+const SPIN_CHECKS: u32 = if crate::sync::MODEL_CHECKING { 1 } else { 64 };
+
 fn lock_slow(m: &Mutex<Waiters>) -> MutexGuard<'_, Waiters> {
     // Nothing panics while holding it; tolerate poisoning all the same.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -357,29 +377,49 @@ fn lock_slow(m: &Mutex<Waiters>) -> MutexGuard<'_, Waiters> {
 impl MmapLock {
     /// An unlocked lock with `mm_lock_seq` 0 (`mmap_init_lock()`).
     pub fn new() -> Self {
-        Self {
+        let lock = Self {
             state: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             slow: Mutex::new(Waiters::default()),
             readers_cv: Condvar::new(),
             writers_cv: Condvar::new(),
-            counters: (0..SLOTS).map(|_| SiteModeCounters::new()).collect(),
+            counters: (0..crate::percpu::STRIPES)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             downgrades: AtomicU64::new(0),
+        };
+        if crate::sync::MODEL_CHECKING {
+            // The model checker's one set, made before any thread uses
+            // it (a set made by a thread that races another to make it
+            // would be published through a lock the checker cannot see).
+            let _ = lock.counters();
         }
+        lock
     }
 
     // ---- acquisition --------------------------------------------------------
 
     /// `mmap_read_lock()`: waits while a writer holds the lock or is queued.
     pub fn read_lock(&self, site: LockSite) -> MmapReadGuard<'_> {
-        let start = Stamp::now();
-        let contended = !self.try_read_fast() && self.read_slow();
+        // A reader that cannot have the lock at once is contended (the
+        // kernel's reader queues: trace_contention_begin), whether the
+        // holder lets go while it spins or it sleeps. One that can waited
+        // 0 ns (a clock read would cost more than the acquisition).
+        let at_once = self.try_read_fast();
+        let start = (!at_once).then(Stamp::now);
+        if !at_once && !self.read_spin() {
+            self.read_slow();
+        }
         let acquired = Stamp::now();
-        self.count_blocking(site, LockMode::Read, contended, start, acquired);
+        let ns = start.map_or(0, |s| ns_between(s, acquired));
         MmapReadGuard {
             lock: self,
             site,
             since: acquired,
+            waited: Some(Waited {
+                contended: !at_once,
+                ns,
+            }),
         }
     }
 
@@ -392,22 +432,29 @@ impl MmapLock {
             lock: self,
             site,
             since: Stamp::now(),
+            waited: None,
         })
     }
 
     /// `mmap_write_lock()`: waits until no one holds the lock; from then
     /// on until it gets it, new readers wait too.
     pub fn write_lock(&self, site: LockSite) -> MmapWriteGuard<'_> {
-        let start = Stamp::now();
-        let contended = !self.try_write_fast() && self.write_slow();
+        // A writer that gets the lock while spinning is not contended
+        // (rwsem_down_write_slowpath() marks contention only after
+        // rwsem_optimistic_spin() fails). One that gets it at once waited
+        // 0 ns.
+        let at_once = self.try_write_fast();
+        let start = (!at_once).then(Stamp::now);
+        let contended = !at_once && !self.write_spin() && self.write_slow();
         let seq = self.seq_begin();
         let acquired = Stamp::now();
-        self.count_blocking(site, LockMode::Write, contended, start, acquired);
+        let ns = start.map_or(0, |s| ns_between(s, acquired));
         MmapWriteGuard {
             lock: self,
             site,
             since: acquired,
             seq,
+            waited: Some(Waited { contended, ns }),
         }
     }
 
@@ -423,6 +470,7 @@ impl MmapLock {
                 site,
                 since: Stamp::now(),
                 seq,
+                waited: None,
             }
         })
     }
@@ -464,12 +512,29 @@ impl MmapLock {
             ..MmapLockStats::default()
         };
         for site in LockSite::ALL {
-            s.read
-                .merge(&self.counters[slot(site, LockMode::Read)].mode_stats());
-            s.write
-                .merge(&self.counters[slot(site, LockMode::Write)].mode_stats());
+            s.read.merge(&self.mode_stats(slot(site, LockMode::Read)));
+            s.write.merge(&self.mode_stats(slot(site, LockMode::Write)));
         }
         s
+    }
+
+    /// This thread's counter sets.
+    fn counters(&self) -> &[SiteModeCounters] {
+        let cpu = if crate::sync::MODEL_CHECKING {
+            0
+        } else {
+            crate::percpu::this_cpu().0
+        };
+        self.counters[cpu].get_or_init(|| (0..SLOTS).map(|_| SiteModeCounters::new()).collect())
+    }
+
+    /// Counter set `slot`, summed over the CPUs.
+    fn mode_stats(&self, slot: usize) -> LockModeStats {
+        let mut m = LockModeStats::default();
+        for c in self.counters.iter().filter_map(|c| c.get()) {
+            m.merge(&c[slot].mode_stats());
+        }
+        m
     }
 
     /// Per-context statistics: the (site, mode) pairs with any acquisition
@@ -478,7 +543,7 @@ impl MmapLock {
         let mut v = Vec::new();
         for site in LockSite::ALL {
             for mode in [LockMode::Read, LockMode::Write] {
-                let m = self.counters[slot(site, mode)].mode_stats();
+                let m = self.mode_stats(slot(site, mode));
                 if m.acquisitions == 0 && m.wait.is_empty() && m.hold.is_empty() {
                     continue;
                 }
@@ -499,30 +564,25 @@ impl MmapLock {
 
     /// Zero all statistics. Records made concurrently may be partly kept.
     pub fn reset_stats(&self) {
-        for c in self.counters.iter() {
+        for c in self.counters.iter().filter_map(|c| c.get()).flatten() {
             c.reset();
         }
         self.downgrades.store(0, Ordering::Relaxed);
     }
 
-    fn count_blocking(
-        &self,
-        site: LockSite,
-        mode: LockMode,
-        contended: bool,
-        start: Stamp,
-        acquired: Stamp,
-    ) {
-        let c = &self.counters[slot(site, mode)];
+    /// Count a blocking acquisition and its wait, after the release (see
+    /// [`Waited`]).
+    fn count_blocking(&self, site: LockSite, mode: LockMode, waited: Waited) {
+        let c = &self.counters()[slot(site, mode)];
         c.acquisitions.fetch_add(1, Ordering::Relaxed);
-        if contended {
+        if waited.contended {
             c.contended.fetch_add(1, Ordering::Relaxed);
         }
-        c.wait.record(ns_between(start, acquired));
+        c.wait.record(waited.ns);
     }
 
     fn count_trylock(&self, site: LockSite, mode: LockMode, ok: bool) {
-        let c = &self.counters[slot(site, mode)];
+        let c = &self.counters()[slot(site, mode)];
         if ok {
             c.acquisitions.fetch_add(1, Ordering::Relaxed);
             c.trylock_acquisitions.fetch_add(1, Ordering::Relaxed);
@@ -532,7 +592,7 @@ impl MmapLock {
     }
 
     fn count_hold(&self, site: LockSite, mode: LockMode, hold_ns: u64) {
-        self.counters[slot(site, mode)].hold.record(hold_ns);
+        self.counters()[slot(site, mode)].hold.record(hold_ns);
     }
 
     // ---- mm_lock_seq ----------------------------------------------------------
@@ -583,6 +643,43 @@ impl MmapLock {
         self.state
             .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// A reader's bounded spin before it sleeps: whether it got the lock.
+    /// (Since 5.15 the kernel's readers do not spin, but a sleeping
+    /// reader's wake-up there costs far less than a futex round trip here,
+    /// and a writer holds the engine's lock for about a microsecond.)
+    fn read_spin(&self) -> bool {
+        for _ in 0..SPIN_CHECKS {
+            cpu_relax();
+            if self.state.load(Ordering::Relaxed) & (WRITER | WRITER_WAITING) == 0
+                && self.try_read_fast()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `rwsem_optimistic_spin()`: a writer spins while the lock is held,
+    /// for a bounded number of checks (the kernel spins while the owner
+    /// runs on a CPU), and takes it as soon as it is free, before writers
+    /// queued asleep (the waiting bit is kept for them): whether it got
+    /// the lock.
+    fn write_spin(&self) -> bool {
+        for _ in 0..SPIN_CHECKS {
+            cpu_relax();
+            let s = self.state.load(Ordering::Relaxed);
+            if s & (WRITER | READERS_MASK) == 0
+                && self
+                    .state
+                    .compare_exchange(s, s | WRITER, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// `rwsem_down_read_slowpath()`: returns whether it had to sleep.
@@ -733,6 +830,17 @@ impl MmapLock {
 
 // ---- guards ---------------------------------------------------------------
 
+/// How a blocking acquisition went: counted when the hold ends, after
+/// the release, so that the statistics (shared counters, written by every
+/// thread) add nothing to the time the lock is held.
+#[derive(Clone, Copy, Debug)]
+struct Waited {
+    /// It could not be granted at once.
+    contended: bool,
+    /// From asking to getting.
+    ns: u64,
+}
+
 /// A read hold of [`MmapLock`]; `mmap_read_unlock()` on drop.
 #[must_use = "the lock is released when the guard is dropped"]
 #[derive(Debug)]
@@ -740,6 +848,9 @@ pub struct MmapReadGuard<'a> {
     lock: &'a MmapLock,
     site: LockSite,
     since: Stamp,
+    /// The blocking acquisition, not counted yet (None: a trylock's or a
+    /// downgrade's hold).
+    waited: Option<Waited>,
 }
 
 impl MmapReadGuard<'_> {
@@ -758,6 +869,9 @@ impl Drop for MmapReadGuard<'_> {
     fn drop(&mut self) {
         let hold = ns_since(self.since);
         self.lock.read_unlock();
+        if let Some(w) = self.waited {
+            self.lock.count_blocking(self.site, LockMode::Read, w);
+        }
         self.lock.count_hold(self.site, LockMode::Read, hold);
     }
 }
@@ -770,6 +884,7 @@ pub struct MmapWriteGuard<'a> {
     site: LockSite,
     since: Stamp,
     seq: u64,
+    waited: Option<Waited>,
 }
 
 impl<'a> MmapWriteGuard<'a> {
@@ -801,8 +916,16 @@ impl<'a> MmapWriteGuard<'a> {
         lock.write_release(true);
         let since = Stamp::now();
         lock.downgrades.fetch_add(1, Ordering::Relaxed);
+        if let Some(w) = this.waited {
+            lock.count_blocking(site, LockMode::Write, w);
+        }
         lock.count_hold(site, LockMode::Write, hold);
-        MmapReadGuard { lock, site, since }
+        MmapReadGuard {
+            lock,
+            site,
+            since,
+            waited: None,
+        }
     }
 }
 
@@ -811,6 +934,9 @@ impl Drop for MmapWriteGuard<'_> {
         let hold = ns_since(self.since);
         self.lock.seq_end();
         self.lock.write_release(false);
+        if let Some(w) = self.waited {
+            self.lock.count_blocking(self.site, LockMode::Write, w);
+        }
         self.lock.count_hold(self.site, LockMode::Write, hold);
     }
 }
@@ -910,6 +1036,36 @@ mod tests {
         assert_eq!(s.read.contended, 1);
         assert_eq!(s.read.trylock_failures, 1);
         assert_eq!(s.write.trylock_failures, 1);
+    }
+
+    /// An acquisition, its wait and its hold are counted once the hold
+    /// ends (after the release), so counting adds nothing to the hold.
+    #[test]
+    fn acquisitions_are_counted_when_their_hold_ends() {
+        let l = MmapLock::new();
+        let w = l.write_lock(LockSite::Mmap);
+        assert_eq!(l.stats().write.acquisitions, 0);
+        let r = w.downgrade();
+        let s = l.stats();
+        assert_eq!(
+            (s.write.acquisitions, s.write.hold.count(), s.downgrades),
+            (1, 1, 1)
+        );
+        assert_eq!((s.read.acquisitions, s.read.hold.count()), (0, 0));
+        let r2 = l.read_lock(LockSite::Fault);
+        let t = l.read_trylock(LockSite::Fault).expect("shared");
+        assert_eq!(l.stats().read.acquisitions, 1, "the trylock counts at once");
+        drop((r, r2, t));
+        let s = l.stats();
+        assert_eq!(
+            (
+                s.read.acquisitions,
+                s.read.wait.count(),
+                s.read.hold.count()
+            ),
+            (2, 1, 3)
+        );
+        assert_eq!((s.write.contended, s.read.contended), (0, 0));
     }
 
     #[test]

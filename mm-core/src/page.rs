@@ -95,25 +95,38 @@ thread_local! {
 }
 
 /// A page frame.
+///
+/// Laid out with what mapping and unmapping touch first (the mapcount,
+/// the flags and the kind, right after the reference counts of the `Arc`
+/// holding it), so that zapping or populating a page touches one cache
+/// line of it rather than two.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Page {
-    pfn: u64,
-    kind: PageKind,
-    content: Mutex<Content>,
+    mapcount: AtomicU32,
+    anon_exclusive: AtomicBool,
     /// Whether `content` has a non-zero byte (changed under its lock): a
     /// read of an all-zero page, or a store of zero to it, needs no lock.
     nonzero: AtomicBool,
-    mapcount: AtomicU32,
-    anon_exclusive: AtomicBool,
+    kind: PageKind,
+    /// Set anew when a freed frame is reused (see [`Page::new_anon`]).
+    pfn: AtomicU64,
+    content: Mutex<Content>,
 }
 
 /// A shared reference to a frame.
 pub type PageRef = Arc<Page>;
 
+/// Whether `page` is the frame's only reference (so no other thread can
+/// reach the frame through another).
+fn is_unique(page: &PageRef) -> bool {
+    Arc::strong_count(page) == 1 && Arc::weak_count(page) == 0
+}
+
 impl Page {
     fn new(kind: PageKind, content: Content) -> PageRef {
         Arc::new(Self {
-            pfn: next_pfn(),
+            pfn: AtomicU64::new(next_pfn()),
             kind,
             nonzero: AtomicBool::new(!content.is_zero()),
             content: Mutex::new(content),
@@ -130,20 +143,19 @@ impl Page {
 
     /// A fresh zero-filled anonymous page, exclusive to its first mapper.
     pub fn new_anon() -> PageRef {
-        if let Some(mut p) = FREE.with(|f| f.borrow_mut().pop()) {
-            if let Some(page) = Arc::get_mut(&mut p) {
-                page.pfn = next_pfn();
-                page.kind = PageKind::Anon;
-                page.content
-                    .get_mut()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-                    .clear();
-                *page.nonzero.get_mut() = false;
-                *page.mapcount.get_mut() = 0;
-                *page.anon_exclusive.get_mut() = true;
-                return p;
+        if let Some(p) = FREE.with(|f| f.borrow_mut().pop()) {
+            // An anonymous frame that had no other reference when it was
+            // released, and has been on this thread's list since: nothing
+            // else can see it, so plain stores reset it (no atomic
+            // read-modify-write, which would cost more than the rest).
+            debug_assert!(is_unique(&p) && p.kind == PageKind::Anon);
+            p.pfn.store(next_pfn(), Ordering::Relaxed);
+            if p.nonzero.load(Ordering::Relaxed) {
+                p.clear();
             }
+            p.mapcount.store(0, Ordering::Relaxed);
+            p.anon_exclusive.store(true, Ordering::Relaxed);
+            return p;
         }
         let p = Self::new(PageKind::Anon, Content::default());
         p.anon_exclusive.store(true, Ordering::Relaxed);
@@ -151,11 +163,11 @@ impl Page {
     }
 
     /// Give back a frame that nothing maps any more (a zap's): if this was
-    /// its last reference, its memory is kept on this thread's free list
-    /// for the next [`Self::new_anon`], as freed frames go to the page
-    /// allocator's per-CPU lists.
+    /// its last reference and it is anonymous, its memory is kept on this
+    /// thread's free list for the next [`Self::new_anon`], as freed frames
+    /// go to the page allocator's per-CPU lists.
     pub fn release(page: PageRef) {
-        if Arc::strong_count(&page) == 1 && Arc::weak_count(&page) == 0 {
+        if page.kind == PageKind::Anon && is_unique(&page) {
             FREE.with(|f| {
                 let mut f = f.borrow_mut();
                 if f.len() < FREE_MAX {
@@ -178,8 +190,8 @@ impl Page {
     }
 
     /// A frame number, unique for the life of the process.
-    pub const fn pfn(&self) -> u64 {
-        self.pfn
+    pub fn pfn(&self) -> u64 {
+        self.pfn.load(Ordering::Relaxed)
     }
 
     /// What the frame holds.
@@ -235,12 +247,25 @@ impl Page {
         self.mapcount.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn map(&self) {
-        self.mapcount.fetch_add(1, Ordering::Relaxed);
+    /// One more PTE maps `page`. Where this reference is its only one,
+    /// no other thread can change the count, and a plain store does.
+    pub(crate) fn map(page: &PageRef) {
+        if is_unique(page) {
+            let n = page.mapcount.load(Ordering::Relaxed);
+            page.mapcount.store(n + 1, Ordering::Relaxed);
+        } else {
+            page.mapcount.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn unmap(&self) {
-        self.mapcount.fetch_sub(1, Ordering::Relaxed);
+    /// One PTE fewer maps `page` (see [`Self::map`]).
+    pub(crate) fn unmap(page: &PageRef) {
+        if is_unique(page) {
+            let n = page.mapcount.load(Ordering::Relaxed);
+            page.mapcount.store(n - 1, Ordering::Relaxed);
+        } else {
+            page.mapcount.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// PageAnonExclusive: the page is known to be mapped by one process
@@ -269,6 +294,32 @@ mod tests {
         c.set(10, 0);
         assert_eq!(c.get(10), 0);
         assert_eq!(c.0.len(), 2);
+    }
+
+    /// A frame freed by its last holder is reused by this thread's next
+    /// anonymous page, as a new frame: new number, no mappings, zeroed,
+    /// exclusive.
+    #[test]
+    fn released_frames_come_back_as_new_pages() {
+        let a = Page::new_anon();
+        Page::map(&a);
+        a.write(7, 9);
+        a.set_anon_exclusive(false);
+        let (ptr, pfn) = (Arc::as_ptr(&a), a.pfn());
+        Page::unmap(&a);
+        Page::release(a);
+        let b = Page::new_anon();
+        assert_eq!(Arc::as_ptr(&b), ptr, "the frame is reused");
+        assert_ne!(b.pfn(), pfn);
+        assert_eq!((b.mapcount(), b.read(7), b.anon_exclusive()), (0, 0, true));
+        // A frame with another reference is not reused.
+        let keep = b.clone();
+        Page::release(b);
+        assert_ne!(Arc::as_ptr(&Page::new_anon()), Arc::as_ptr(&keep));
+        // Nor is a page-cache page (the next page would be it, still a
+        // file page, had it been kept).
+        Page::release(Page::new_file(1, 0));
+        assert!(Page::new_anon().is_anon());
     }
 
     #[test]

@@ -14,23 +14,30 @@
 //! split PTE lock), taken for every read or change of its entries, so
 //! faults on different 2 MiB ranges never contend and a fault served under
 //! a per-VMA lock can run while a system call changes another VMA's
-//! entries. The directory of page-table pages (the PMD level) is split in
-//! shards, each a reader-writer lock taken for write only to allocate or
-//! free a page-table page (the kernel's `pmd_lock`, one per PMD table), so
-//! a thread allocating page tables in one place does not stall walkers
-//! elsewhere. A walker keeps its shard read-locked while it holds a
-//! page-table page's lock, so the page cannot be freed under it (the
-//! kernel's `pte_offset_map_lock` rechecks `pmd_same` for the same reason).
+//! entries.
+//!
+//! The upper levels (PGD, P4D, PUD, PMD) are a radix tree walked without
+//! locks, as the hardware and the kernel's lockless walks do. Its nodes,
+//! and the page-table page object at each PMD entry, are allocated once
+//! and kept until the tables are dropped; allocating or freeing a
+//! page-table page (`__pte_alloc`, `free_pgtables`) changes the object's
+//! state under its own lock, and a walker that took the lock sees whether
+//! the page is allocated. This stands for the kernel's freeing of
+//! page-table pages after an RCU grace period (`pte_free_defer`) with
+//! `pte_offset_map_lock` rechecking the PMD entry once it has the lock: a
+//! walker never uses a page-table page that was freed under it, and never
+//! waits for one being allocated or freed elsewhere. A freed page gives
+//! its entries' memory back; only the small object stays.
 //!
 //! All methods take `&self`; the single-threaded engine uses the same code
 //! (an uncontended lock costs tens of nanoseconds).
 
-use std::{collections::BTreeMap, ops::ControlFlow};
+use std::{ops::ControlFlow, sync::OnceLock};
 
 use crate::{
     addr::PTRS_PER_PTE,
-    page::{PageKind, PageRef},
-    sync::{Arc, Mutex, MutexGuard, RwLock},
+    page::{Page, PageKind, PageRef},
+    sync::{AtomicUsize, Mutex, MutexGuard, Ordering},
 };
 
 /// A PTE marker (`pte_marker` in include/linux/swapops.h).
@@ -87,25 +94,37 @@ impl Pte {
     }
 }
 
-/// One page-table page: 512 entries.
-#[derive(Debug)]
+/// One page-table page: 512 entries, when allocated.
+#[derive(Debug, Default)]
 struct PteTable {
+    /// The entries; empty while the page is not allocated.
     entries: Vec<Pte>,
     /// Non-empty entries.
     used: u16,
 }
 
 impl PteTable {
-    fn new() -> Self {
-        Self {
-            entries: vec![Pte::None; PTRS_PER_PTE as usize],
-            used: 0,
-        }
+    /// Whether the page is allocated (the PMD entry points to it).
+    fn allocated(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// `__pte_alloc()`: 512 empty entries.
+    fn allocate(&mut self) {
+        self.entries = vec![Pte::None; PTRS_PER_PTE as usize];
+        self.used = 0;
+    }
+
+    /// `free_pte_range()`: give the entries' memory back.
+    fn free(&mut self) {
+        debug_assert_eq!(self.used, 0);
+        self.entries = Vec::new();
     }
 }
 
-/// A page-table page and its split lock (`ptdesc->ptl`).
-#[derive(Debug)]
+/// The page-table page at one PMD entry and its split lock
+/// (`ptdesc->ptl`); see the module's documentation for its life.
+#[derive(Debug, Default)]
 struct PtePage {
     ptl: Mutex<PteTable>,
 }
@@ -154,45 +173,94 @@ impl RssDelta {
     }
 }
 
-/// Shards of the page-table directory.
-const DIR_SHARDS: usize = 64;
+/// Bits of a page-table page's number (a virtual page number without its
+/// PTE-level bits): the levels above the PTE cover them all.
+const TABLE_BITS: u32 = 64 - crate::addr::PAGE_SHIFT - PTRS_PER_PTE.trailing_zeros();
+/// Bits resolved by each level below the top (512 entries, as on x86).
+const LEVEL_BITS: u32 = 9;
+/// Levels above the PTE level (PGD, P4D, PUD, PMD, and one more for the
+/// addresses above 5-level paging's, which no mapping reaches).
+const LEVELS: u32 = TABLE_BITS.div_ceil(LEVEL_BITS);
+/// Entries of the top level.
+const TOP_ENTRIES: usize = 1 << (TABLE_BITS - (LEVELS - 1) * LEVEL_BITS);
 
-/// One shard of the directory: the page-table pages whose index is
-/// congruent to the shard's number, on its own cache lines.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct DirShard(RwLock<BTreeMap<u64, Arc<PtePage>>>);
+/// One node of the upper levels: entries pointing to the next level's
+/// nodes, or (at the PMD level) to page-table pages. Set once, never
+/// cleared while the tables live.
+#[derive(Debug)]
+enum Node {
+    Dir(Box<[OnceLock<Node>]>),
+    Pmd(Box<[OnceLock<PtePage>]>),
+}
+
+impl Node {
+    /// An empty node at `level` (0: the top) with `n` entries.
+    fn new(level: u32, n: usize) -> Self {
+        if level + 1 == LEVELS {
+            Self::Pmd((0..n).map(|_| OnceLock::new()).collect())
+        } else {
+            Self::Dir((0..n).map(|_| OnceLock::new()).collect())
+        }
+    }
+
+    /// Call `f` on the page-table pages (their numbers and objects) under
+    /// this node, which covers numbers from `base` with `shift` bits per
+    /// entry, within `first..=last`, in order.
+    fn for_each(
+        &self,
+        base: u64,
+        shift: u32,
+        first: u64,
+        last: u64,
+        f: &mut dyn FnMut(u64, &PtePage),
+    ) {
+        let span = 1u64 << shift;
+        let lo = (first.saturating_sub(base) >> shift) as usize;
+        match self {
+            Self::Dir(entries) => {
+                for (i, e) in entries.iter().enumerate().skip(lo) {
+                    let b = base + i as u64 * span;
+                    if b > last {
+                        break;
+                    }
+                    if let Some(n) = e.get() {
+                        n.for_each(b, shift - LEVEL_BITS, first, last, f);
+                    }
+                }
+            }
+            Self::Pmd(entries) => {
+                for (i, e) in entries.iter().enumerate().skip(lo) {
+                    let t = base + i as u64;
+                    if t > last {
+                        break;
+                    }
+                    if let Some(p) = e.get() {
+                        f(t, p);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The page tables of one address space.
 #[derive(Debug)]
 pub struct PageTables {
-    dir: Box<[DirShard]>,
+    /// The top level of the upper levels' radix tree.
+    top: Node,
+    /// Page-table pages allocated.
+    tables: AtomicUsize,
     rss: RssCounters,
 }
 
 impl Default for PageTables {
     fn default() -> Self {
         Self {
-            dir: (0..DIR_SHARDS).map(|_| DirShard::default()).collect(),
+            top: Node::new(0, TOP_ENTRIES),
+            tables: AtomicUsize::new(0),
             rss: RssCounters::default(),
         }
     }
-}
-
-type Dir = BTreeMap<u64, Arc<PtePage>>;
-
-fn read_dir(shard: &DirShard) -> crate::sync::RwLockReadGuard<'_, Dir> {
-    shard
-        .0
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write_dir(shard: &DirShard) -> crate::sync::RwLockWriteGuard<'_, Dir> {
-    shard
-        .0
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn split(vpn: u64) -> (u64, usize) {
@@ -217,7 +285,7 @@ impl PteSlot<'_> {
     /// pages here belong to shmem (for RSS accounting).
     pub fn set(&mut self, pte: Pte, shmem: bool) -> Pte {
         if let Pte::Present(p) = &pte {
-            p.page.map();
+            Page::map(&p.page);
             self.rss.account(&p.page, shmem, 1);
         }
         let new_none = pte.is_none();
@@ -228,7 +296,7 @@ impl PteSlot<'_> {
             _ => {}
         }
         if let Pte::Present(p) = &old {
-            p.page.unmap();
+            Page::unmap(&p.page);
             self.rss.account(&p.page, shmem, -1);
         }
         old
@@ -247,16 +315,15 @@ impl PteSlot<'_> {
 /// exclusive to the survivor.
 impl Drop for PageTables {
     fn drop(&mut self) {
-        for shard in self.dir.iter() {
-            for page in read_dir(shard).values() {
-                let Ok(table) = page.ptl.lock() else { continue };
+        self.top
+            .for_each(0, (LEVELS - 1) * LEVEL_BITS, 0, u64::MAX, &mut |_, page| {
+                let table = lock_table(page);
                 for e in &table.entries {
                     if let Pte::Present(p) = e {
-                        p.page.unmap();
+                        Page::unmap(&p.page);
                     }
                 }
-            }
-        }
+            });
     }
 }
 
@@ -274,8 +341,52 @@ impl PageTables {
         Self::default()
     }
 
-    fn shard(&self, t: u64) -> &DirShard {
-        &self.dir[(t % DIR_SHARDS as u64) as usize]
+    /// The page-table page object at PMD entry `t`, created if missing
+    /// with `create` (the object only: the page is allocated under its
+    /// lock).
+    fn table(&self, t: u64, create: bool) -> Option<&PtePage> {
+        let mut node = &self.top;
+        let mut shift = (LEVELS - 1) * LEVEL_BITS;
+        loop {
+            let i = ((t >> shift) & ((1 << LEVEL_BITS) - 1)) as usize;
+            match node {
+                Node::Dir(entries) => {
+                    let e = &entries[i];
+                    shift -= LEVEL_BITS;
+                    node = match e.get() {
+                        Some(n) => n,
+                        None if create => {
+                            let level = LEVELS - 1 - shift / LEVEL_BITS;
+                            e.get_or_init(|| Node::new(level, 1 << LEVEL_BITS))
+                        }
+                        None => return None,
+                    };
+                }
+                Node::Pmd(entries) => {
+                    let e = &entries[i];
+                    return match e.get() {
+                        Some(p) => Some(p),
+                        None if create => Some(e.get_or_init(PtePage::default)),
+                        None => None,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Lock page-table page `t`: its lock held over its allocated entries,
+    /// allocating it first with `alloc`; None if it is not allocated and
+    /// `alloc` is false.
+    fn lock(&self, t: u64, alloc: bool) -> Option<MutexGuard<'_, PteTable>> {
+        let mut table = lock_table(self.table(t, alloc)?);
+        if !table.allocated() {
+            if !alloc {
+                return None;
+            }
+            table.allocate();
+            self.tables.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(table)
     }
 
     /// pte_offset_map_lock(): run `f` on the entry for `vpn` with its
@@ -289,75 +400,43 @@ impl PageTables {
         f: impl FnOnce(&mut PteSlot<'_>) -> R,
     ) -> Option<R> {
         let (t, index) = split(vpn);
-        let shard = self.shard(t);
-        loop {
-            {
-                // The shard stays read-locked while the page-table page
-                // is locked, so the page cannot be freed under us
-                // (free_empty takes the shard for write first).
-                let dir = read_dir(shard);
-                if let Some(page) = dir.get(&t) {
-                    let mut rss = RssDelta::default();
-                    let r = {
-                        let mut table = lock_table(page);
-                        let mut slot = PteSlot {
-                            table: &mut table,
-                            index,
-                            rss: &mut rss,
-                        };
-                        f(&mut slot)
-                    };
-                    rss.flush(&self.rss);
-                    return Some(r);
-                }
-            }
-            if !alloc {
-                return None;
-            }
-            // __pte_alloc: allocate under the PMD-level lock, unless
-            // another walker did it first; then walk again.
-            write_dir(shard).entry(t).or_insert_with(|| {
-                Arc::new(PtePage {
-                    ptl: Mutex::new(PteTable::new()),
-                })
-            });
-        }
+        let mut rss = RssDelta::default();
+        let r = {
+            let mut table = self.lock(t, alloc)?;
+            let mut slot = PteSlot {
+                table: &mut table,
+                index,
+                rss: &mut rss,
+            };
+            f(&mut slot)
+        };
+        rss.flush(&self.rss);
+        Some(r)
     }
 
     /// Run `f` on the locked page-table page `t` (the PMD entry's table),
     /// as [`Self::with_pte`] does for one entry.
     fn with_table<R>(&self, t: u64, alloc: bool, f: impl FnOnce(&mut PteTable) -> R) -> Option<R> {
-        let shard = self.shard(t);
-        loop {
-            {
-                let dir = read_dir(shard);
-                if let Some(page) = dir.get(&t) {
-                    return Some(f(&mut lock_table(page)));
-                }
-            }
-            if !alloc {
-                return None;
-            }
-            write_dir(shard).entry(t).or_insert_with(|| {
-                Arc::new(PtePage {
-                    ptl: Mutex::new(PteTable::new()),
-                })
-            });
-        }
+        let mut table = self.lock(t, alloc)?;
+        Some(f(&mut table))
+    }
+
+    /// Call `f` on the page-table page objects of PMD entries
+    /// `first..=last` that exist, in order (allocated or not).
+    fn for_each_table(&self, first: u64, last: u64, f: &mut dyn FnMut(u64, &PtePage)) {
+        self.top
+            .for_each(0, (LEVELS - 1) * LEVEL_BITS, first, last, f);
     }
 
     /// The page-table pages that may hold entries of tables
     /// `first..=last`: every index with `alloc` (they are allocated), else
     /// the allocated ones.
     fn tables(&self, first: u64, last: u64, alloc: bool) -> Vec<u64> {
-        if alloc || last - first < DIR_SHARDS as u64 {
+        if alloc {
             return (first..=last).collect();
         }
         let mut ts: Vec<u64> = Vec::new();
-        for shard in self.dir.iter() {
-            ts.extend(read_dir(shard).range(first..=last).map(|(t, _)| *t));
-        }
-        ts.sort_unstable();
+        self.for_each_table(first, last, &mut |t, _| ts.push(t));
         ts
     }
 
@@ -452,28 +531,11 @@ impl PageTables {
         }
         let first = split(start_vpn).0;
         let last = split(end_vpn - 1).0;
-        let mut pages: Vec<(u64, Arc<PtePage>)> = Vec::new();
-        if last - first < DIR_SHARDS as u64 {
-            for t in first..=last {
-                if let Some(p) = read_dir(self.shard(t)).get(&t) {
-                    pages.push((t, Arc::clone(p)));
-                }
-            }
-        } else {
-            for shard in self.dir.iter() {
-                pages.extend(
-                    read_dir(shard)
-                        .range(first..=last)
-                        .map(|(t, p)| (*t, Arc::clone(p))),
-                );
-            }
-            pages.sort_unstable_by_key(|(t, _)| *t);
-        }
         let mut out = Vec::new();
-        for (t, page) in pages {
-            let table = lock_table(&page);
+        self.for_each_table(first, last, &mut |t, page| {
+            let table = lock_table(page);
             if table.used == 0 {
-                continue;
+                return;
             }
             let base = t * PTRS_PER_PTE;
             out.extend(
@@ -485,7 +547,7 @@ impl PageTables {
                     .map(|(i, e)| (base + i as u64, e.clone()))
                     .filter(|(v, _)| *v >= start_vpn && *v < end_vpn),
             );
-        }
+        });
         out
     }
 
@@ -505,27 +567,18 @@ impl PageTables {
         if first >= last {
             return;
         }
-        let shards: Vec<&DirShard> = if last - first < DIR_SHARDS as u64 {
-            (first..last).map(|t| self.shard(t)).collect()
-        } else {
-            self.dir.iter().collect()
-        };
-        for shard in shards {
-            let mut dir = write_dir(shard);
-            let keys: Vec<u64> = dir.range(first..last).map(|(k, _)| *k).collect();
-            for k in keys {
-                // `range` may still read a removed page it found before;
-                // it is empty, so it yields nothing.
-                if lock_table(&dir[&k]).used == 0 {
-                    dir.remove(&k);
-                }
+        self.for_each_table(first, last - 1, &mut |_, page| {
+            let mut table = lock_table(page);
+            if table.allocated() && table.used == 0 {
+                table.free();
+                self.tables.fetch_sub(1, Ordering::Relaxed);
             }
-        }
+        });
     }
 
     /// Number of page-table pages allocated.
     pub fn table_pages(&self) -> usize {
-        self.dir.iter().map(|s| read_dir(s).len()).sum()
+        self.tables.load(Ordering::Relaxed)
     }
 
     /// Resident set by type.
@@ -577,6 +630,81 @@ mod tests {
         // setting None where no table exists allocates nothing
         pt.set(5000, Pte::None, false);
         assert_eq!(pt.table_pages(), 1);
+    }
+
+    /// Page-table pages in different parts of the upper levels' tree
+    /// (other PMD, PUD, PGD and top entries, up to the last virtual page
+    /// number) are found in address order; freed ones hold nothing and
+    /// come back empty when used again; only the allocated ones count.
+    #[test]
+    fn tables_across_the_tree_are_freed_and_allocated_again() {
+        let pt = PageTables::new();
+        let p = Page::new_anon();
+        let last = u64::MAX >> crate::addr::PAGE_SHIFT;
+        let vpns = [3, 512 + 7, 1 << 18, (1 << 27) + 5, 1 << 35, last];
+        for &v in vpns.iter().rev() {
+            pt.set(v, present(&p), false);
+        }
+        assert_eq!(pt.table_pages(), vpns.len());
+        assert_eq!(p.mapcount(), vpns.len() as u32);
+        assert_eq!(pt.occupied(0, last + 1), vpns.to_vec());
+        assert_eq!(
+            pt.occupied(4, 1 << 35),
+            vec![512 + 7, 1 << 18, (1 << 27) + 5]
+        );
+        // Empty two tables and free what is empty below 2^20.
+        pt.take(512 + 7, false);
+        pt.take(1 << 18, false);
+        pt.free_empty(0, 1 << 20);
+        assert_eq!(pt.table_pages(), vpns.len() - 2);
+        assert!(pt.get(512 + 7).is_none() && pt.get(1 << 18).is_none());
+        let mut seen = Vec::new();
+        let _ = pt.walk(0, 1 << 20, false, |v, slot| {
+            if !slot.get().is_none() {
+                seen.push(v);
+            }
+            ControlFlow::Continue(())
+        });
+        assert_eq!(seen, vec![3], "a freed table is skipped by walks");
+        // A freed table is allocated again, empty, by the next store.
+        pt.set((1 << 18) + 1, Pte::Marker(Marker::Guard), false);
+        assert_eq!(pt.table_pages(), vpns.len() - 1);
+        assert!(pt.get(1 << 18).is_none());
+        assert!(pt.get((1 << 18) + 1).is_guard());
+        // Freeing a table that still holds entries does nothing.
+        pt.free_empty(0, last + 1);
+        assert_eq!(pt.table_pages(), vpns.len() - 1);
+        pt.clear_range(0, last + 1, false);
+        pt.free_empty(0, last + 1);
+        assert_eq!((pt.table_pages(), p.mapcount(), pt.rss().anon), (0, 0, 0));
+    }
+
+    /// A frame's mapcount stays exact whether or not other references to
+    /// it exist (the plain-store path for a frame only its PTE holds).
+    #[test]
+    fn mapcount_is_exact_for_shared_and_unique_frames() {
+        let pt = PageTables::new();
+        let shared = Page::new_anon();
+        pt.set(1, present(&shared), false);
+        pt.set(2, present(&shared), false);
+        assert_eq!(shared.mapcount(), 2);
+        // Only the PTE holds this one.
+        pt.set(3, present(&Page::new_anon()), false);
+        let unique = pt.get(3).present().map(|p| p.page.clone()).unwrap();
+        assert_eq!(unique.mapcount(), 1);
+        drop(unique);
+        // mremap-like: take the entry (the frame's only reference) and
+        // put it elsewhere.
+        let moved = pt.take(3, false);
+        pt.set(700, moved, false);
+        let unique = pt.get(700).present().map(|p| p.page.clone()).unwrap();
+        assert_eq!(unique.mapcount(), 1);
+        drop(unique);
+        pt.take(1, false);
+        assert_eq!(shared.mapcount(), 1);
+        pt.clear_range(0, 1024, false);
+        assert_eq!(shared.mapcount(), 0);
+        assert_eq!(pt.rss().anon, 0);
     }
 
     #[test]

@@ -338,6 +338,11 @@ fn same_vma(a: &Vma, b: &Vma) -> bool {
         }
 }
 
+/// What a fault handler returns besides success: the result of the access
+/// it made again before dropping its lock, if it did (see
+/// [`SharedMm::access`]).
+type Retried = Option<Result<u8, u64>>;
+
 fn access_of(code: u64) -> bool {
     code & pf::WRITE != 0
 }
@@ -365,7 +370,7 @@ impl SharedMm {
                 files: Files::new(),
             }),
             pt,
-            tree: PublishedTree::default(),
+            tree: PublishedTree::new(&pool),
             pool,
             vma_lock: VmaLockCounters::default(),
             faults: FaultCounters::default(),
@@ -510,7 +515,7 @@ impl SharedMm {
             // vma_start_write() on every VMA whose page tables may change.
             let tree = self.tree.load();
             for (s, e) in &l.ranges {
-                for obj in overlapping(&tree, *s, *e) {
+                for obj in tree.overlapping(*s, *e) {
                     obj.start_write(seq);
                 }
             }
@@ -554,7 +559,7 @@ impl SharedMm {
             old.min(addr) & !4095,
             old.max(addr).saturating_add(4095) & !4095,
         );
-        for obj in overlapping(&self.tree.load(), lo.saturating_sub(4096), hi) {
+        for obj in self.tree.load().overlapping(lo.saturating_sub(4096), hi) {
             obj.start_write(seq);
         }
         let r = inner.mm.brk(addr);
@@ -579,7 +584,7 @@ impl SharedMm {
         let _ld = self.ld_mmap(Mode::Write, LockSite::Fork);
         let g = self.lock.write_lock(LockSite::Fork);
         let seq = g.seq();
-        for obj in overlapping(&self.tree.load(), 0, u64::MAX) {
+        for obj in self.tree.load().overlapping(0, u64::MAX) {
             obj.start_write(seq);
         }
         let mut inner = self.inner();
@@ -606,7 +611,7 @@ impl SharedMm {
             Err(e) => return Outcome::Err(e),
         };
         let tree = self.tree.load();
-        for obj in overlapping(&tree, start, end) {
+        for obj in tree.overlapping(start, end) {
             obj.start_write(seq);
         }
         if let Err(e) = inner.mm.munmap_gather(start, end) {
@@ -631,9 +636,10 @@ impl SharedMm {
         };
         let old = self.tree.load();
         let mut tree: VmaTreeSnapshot = (*old).clone();
+        let old = old.overlapping(lo, hi);
         let mut news: HashMap<u64, &Vma> = mm.vmas.range(lo, hi).map(|v| (v.start, v)).collect();
         let mut changed = false;
-        for obj in overlapping(&old, lo, hi) {
+        for obj in old {
             let (s, e) = obj.range();
             match news.get(&s) {
                 Some(v) if v.end == e => {
@@ -653,8 +659,8 @@ impl SharedMm {
                 _ => {
                     let seq = seq.unwrap_or_else(|| self.lock.mm_lock_seq());
                     obj.start_write(seq);
-                    tree.remove(&s);
-                    self.pool.free(obj);
+                    tree.remove(s);
+                    self.pool.free(Arc::clone(obj));
                     changed = true;
                 }
             }
@@ -662,7 +668,7 @@ impl SharedMm {
         let seq = seq.unwrap_or_else(|| self.lock.mm_lock_seq());
         for v in news.into_values() {
             let obj = self.pool.alloc(self.id, v.clone(), seq);
-            tree.insert(v.start, (v.end, obj));
+            tree.insert(v.start, v.end, &obj);
             changed = true;
         }
         if changed {
@@ -682,14 +688,11 @@ impl SharedMm {
             hardware_access_with(&self.pt, &self.config, addr, access, value, |check| {
                 // try_rcu_vma(), with the VMA borrowed rather than copied.
                 self.tree.with(|tree| {
-                    let Some((start, (end, obj))) = tree.range(..=addr).next_back() else {
+                    let Some((start, end, obj)) = tree.lookup(addr) else {
                         return Some(check(None));
                     };
-                    if addr >= *end {
-                        return Some(check(None));
-                    }
                     obj.with_vma(|v| {
-                        v.filter(|v| (v.start, v.end) == (*start, *end) && obj.mm() == self.id)
+                        v.filter(|v| (v.start, v.end) == (start, end) && obj.mm() == self.id)
                             .map(|v| check(Some(v)))
                     })
                 })
@@ -702,19 +705,35 @@ impl SharedMm {
     }
 
     /// One access, with as many faults as it takes.
+    ///
+    /// The access that follows a fault handled under a VMA's lock (or
+    /// mmap_lock) is made before that lock is dropped, with the VMA the
+    /// handler used, rather than after a new lookup of the VMA tree: the
+    /// lock keeps the VMA from changing in between, so the MMU sees the
+    /// same VMA either way. The page-table entry is read again under its
+    /// own lock, so an entry taken away by another thread in between
+    /// (MADV_DONTNEED, reclaim) still faults again.
     pub fn access(&self, addr: u64, access: Access, value: u8) -> Result<u8, AccessError> {
+        let mut code = match self.mmu(addr, access, value) {
+            Ok(v) => return Ok(v),
+            Err(code) => code,
+        };
         for _ in 0..8 {
-            let code = match self.mmu(addr, access, value) {
-                Ok(v) => return Ok(v),
-                Err(code) => code,
-            };
             self.faults
                 .count(FaultKind::from_x86_error_code(code), false);
-            if let Err(e) = self.do_user_addr_fault(addr, code) {
-                if matches!(e, AccessError::Segv(_)) {
-                    self.faults.add(SEGV);
+            match self.do_user_addr_fault(addr, code, Some((access, value))) {
+                Ok(Some(Ok(v))) => return Ok(v),
+                Ok(Some(Err(c))) => code = c,
+                Ok(None) => match self.mmu(addr, access, value) {
+                    Ok(v) => return Ok(v),
+                    Err(c) => code = c,
+                },
+                Err(e) => {
+                    if matches!(e, AccessError::Segv(_)) {
+                        self.faults.add(SEGV);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
         // Eight faults in a row on one access: the PTE keeps being taken
@@ -745,14 +764,11 @@ impl SharedMm {
     /// object found is being replaced (look again later).
     fn try_rcu_vma(&self, addr: u64) -> Option<Option<std::sync::Arc<Vma>>> {
         self.tree.with(|tree| {
-            let Some((start, (end, obj))) = tree.range(..=addr).next_back() else {
+            let Some((start, end, obj)) = tree.lookup(addr) else {
                 return Some(None);
             };
-            if addr >= *end {
-                return Some(None);
-            }
             obj.vma()
-                .filter(|v| (v.start, v.end) == (*start, *end) && obj.mm() == self.id)
+                .filter(|v| (v.start, v.end) == (start, end) && obj.mm() == self.id)
                 .map(Some)
         })
     }
@@ -774,7 +790,7 @@ impl SharedMm {
             }
             self.faults
                 .count(FaultKind::from_x86_error_code(code), true);
-            self.fault_mmap_locked(addr, code)?;
+            self.fault_mmap_locked(addr, code, None)?;
         }
         Err(AccessError::Segv(SegvCode::MapErr))
     }
@@ -794,7 +810,7 @@ impl SharedMm {
         let _ld = self.ld_mmap(Mode::Write, site);
         let g = self.lock.write_lock(site);
         let seq = g.seq();
-        for obj in overlapping(&self.tree.load(), 0, u64::MAX) {
+        for obj in self.tree.load().overlapping(0, u64::MAX) {
             obj.start_write(seq);
         }
         let mut inner = self.inner();
@@ -803,28 +819,36 @@ impl SharedMm {
         r
     }
 
-    /// do_user_addr_fault().
-    fn do_user_addr_fault(&self, addr: u64, code: u64) -> Result<(), AccessError> {
+    /// do_user_addr_fault(). With `retry`, the access to make again once
+    /// the fault is handled: a handler that holds a lock on the VMA makes
+    /// it before letting go, and its result is returned (see
+    /// [`Self::access`]); None: the caller makes it.
+    fn do_user_addr_fault(
+        &self,
+        addr: u64,
+        code: u64,
+        retry: Option<(Access, u8)>,
+    ) -> Result<Retried, AccessError> {
         if let Some(d) = &self.lockdep {
             d.fault("user fault");
         }
         match self.strategy {
             FaultStrategy::Classic => {}
             FaultStrategy::PerVma => {
-                if let Some(r) = self.fault_vma_locked(addr, code) {
+                if let Some(r) = self.fault_vma_locked(addr, code, retry) {
                     return r;
                 }
             }
             FaultStrategy::Speculative => {
                 if let Some(r) = self.fault_speculative(addr, code) {
                     self.faults.add(SPF_SUCCESS);
-                    return r;
+                    return r.map(|()| None);
                 }
                 self.faults.add(SPF_ABORT);
             }
         }
         self.faults.add(FALLBACKS);
-        self.fault_mmap_locked(addr, code)
+        self.fault_mmap_locked(addr, code, retry)
     }
 
     /// A read of /proc/PID/maps. Under per-VMA locks this is 6.17's
@@ -839,7 +863,7 @@ impl SharedMm {
             let seq = || self.lock.mm_lock_seq();
             let mut out = String::new();
             let mut clean = true;
-            for (start, (end, obj)) in tree.iter() {
+            for (start, end, obj) in tree.iter() {
                 let Ok(_guard) =
                     crate::vma_lock::vma_start_read(obj, self.id, &seq, self.knobs.rcu)
                 else {
@@ -847,7 +871,7 @@ impl SharedMm {
                     break;
                 };
                 match obj.vma() {
-                    Some(v) if (v.start, v.end) == (*start, *end) => {
+                    Some(v) if (v.start, v.end) == (start, end) => {
                         out.push_str(&crate::proc::maps_line(
                             &v,
                             self.config.start_brk,
@@ -891,10 +915,16 @@ impl SharedMm {
     }
 
     /// The per-VMA lock path; None: go to mmap_lock.
-    fn fault_vma_locked(&self, addr: u64, code: u64) -> Option<Result<(), AccessError>> {
+    fn fault_vma_locked(
+        &self,
+        addr: u64,
+        code: u64,
+        retry: Option<(Access, u8)>,
+    ) -> Option<Result<Retried, AccessError>> {
         let seq = || self.lock.mm_lock_seq();
         let RcuLock::Locked(guard) = lock_vma_under_rcu(
             &self.tree,
+            &self.pool,
             self.id,
             &seq,
             addr,
@@ -903,22 +933,53 @@ impl SharedMm {
         ) else {
             return None;
         };
-        let vma = guard.object().vma()?;
-        if let Some(c) = access_error(&self.config, code, &vma) {
-            self.vma_lock.success();
-            return Some(Err(AccessError::Segv(c)));
-        }
-        let write = access_of(code);
-        if needs_anon_vma(&vma, write) {
-            // vmf_anon_prepare() under a VMA lock: VM_FAULT_RETRY.
-            drop(guard);
-            self.vma_lock.retry();
-            return None;
-        }
-        let r = self.handle(&vma, addr, write, &|| true);
+        // The VMA's fields are borrowed, not copied: no writer changes
+        // them while the VMA is read-locked.
+        // None: the object holds no VMA; Some(None): VM_FAULT_RETRY.
+        let r = guard.object().with_vma(|vma| {
+            let vma = vma?;
+            if let Some(c) = access_error(&self.config, code, vma) {
+                return Some(Some(Err(AccessError::Segv(c))));
+            }
+            let write = access_of(code);
+            if needs_anon_vma(vma, write) {
+                // vmf_anon_prepare() under a VMA lock: VM_FAULT_RETRY.
+                return Some(None);
+            }
+            let (r, retried) = self.handle_then(vma, addr, write, retry);
+            Some(Some(fault_result(r).map(|()| retried)))
+        })?;
         drop(guard);
-        self.vma_lock.success();
-        Some(fault_result(r))
+        match r {
+            Some(_) => self.vma_lock.success(),
+            None => self.vma_lock.retry(),
+        }
+        r
+    }
+
+    /// handle_mm_fault() under a lock that keeps `vma` as it is, and the
+    /// access made again before that lock is dropped, if the fault
+    /// completed (see [`Self::access`]).
+    fn handle_then(
+        &self,
+        vma: &Vma,
+        addr: u64,
+        write: bool,
+        retry: Option<(Access, u8)>,
+    ) -> (FaultResult, Retried) {
+        let r = self.handle(vma, addr, write, &|| true);
+        let retried = match retry {
+            Some((access, value)) if matches!(r, FaultResult::Done) => Some(hardware_access(
+                &self.pt,
+                &self.config,
+                Some(vma),
+                addr,
+                access,
+                value,
+            )),
+            _ => None,
+        };
+        (r, retried)
     }
 
     /// The speculative path (seed 000); None: go to mmap_lock. Only a
@@ -960,7 +1021,12 @@ impl SharedMm {
     }
 
     /// The classic path: lock_mm_and_find_vma() under mmap_lock for read.
-    fn fault_mmap_locked(&self, addr: u64, code: u64) -> Result<(), AccessError> {
+    fn fault_mmap_locked(
+        &self,
+        addr: u64,
+        code: u64,
+        retry: Option<(Access, u8)>,
+    ) -> Result<Retried, AccessError> {
         let _ld = self.ld_mmap(Mode::Read, LockSite::Fault);
         let _g = self.lock.read_lock(LockSite::Fault);
         let Some(obj) = self.tree.with(|t| tree_lookup(t, addr)) else {
@@ -981,7 +1047,8 @@ impl SharedMm {
             obj.set_vma(v);
             vma = obj.vma().expect("just set");
         }
-        fault_result(self.handle(&vma, addr, write, &|| true))
+        let (r, retried) = self.handle_then(&vma, addr, write, retry);
+        fault_result(r).map(|()| retried)
     }
 
     /// handle_mm_fault() on a copy of the VMA (see [`FaultEnv`]).
@@ -1051,9 +1118,9 @@ impl SharedMm {
                 inner.mm.vmas.len()
             ));
         }
-        for (v, (s, (e, obj))) in inner.mm.vmas.iter().zip(tree.iter()) {
+        for (v, (s, e, obj)) in inner.mm.vmas.iter().zip(tree.iter()) {
             let cur = obj.vma().ok_or("published object without a VMA")?;
-            if (v.start, v.end) != (*s, *e) || obj.range() != (*s, *e) || !same_vma(v, &cur) {
+            if (v.start, v.end) != (s, e) || obj.range() != (s, e) || !same_vma(v, &cur) {
                 return Err(format!(
                     "VMA {:#x}-{:#x} published as {s:#x}-{e:#x} ({:#x?})",
                     v.start,
@@ -1080,16 +1147,4 @@ impl SharedMm {
         }
         Ok(())
     }
-}
-
-/// The objects of `tree` whose ranges meet `[lo, hi)`.
-fn overlapping(tree: &VmaTreeSnapshot, lo: u64, hi: u64) -> Vec<Arc<VmaObject>> {
-    let mut out: Vec<Arc<VmaObject>> = tree
-        .range(..hi)
-        .rev()
-        .take_while(|(_, (end, _))| *end > lo)
-        .map(|(_, (_, o))| Arc::clone(o))
-        .collect();
-    out.reverse();
-    out
 }

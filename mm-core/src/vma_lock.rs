@@ -263,20 +263,21 @@ pub enum StartReadError {
 }
 
 /// A read lock on a VMA object (held `vm_refcnt` reference); released on
-/// drop (vma_end_read()).
+/// drop (vma_end_read()). It borrows the object from its pool, where
+/// objects stay (type-stable) while the pool lives.
 #[derive(Debug)]
-pub struct VmaReadGuard {
-    obj: Arc<VmaObject>,
+pub struct VmaReadGuard<'a> {
+    obj: &'a VmaObject,
 }
 
-impl VmaReadGuard {
+impl<'a> VmaReadGuard<'a> {
     /// The locked object.
-    pub fn object(&self) -> &Arc<VmaObject> {
-        &self.obj
+    pub const fn object(&self) -> &'a VmaObject {
+        self.obj
     }
 }
 
-impl Drop for VmaReadGuard {
+impl Drop for VmaReadGuard<'_> {
     fn drop(&mut self) {
         self.obj.refcnt.fetch_sub(1, Ordering::AcqRel);
     }
@@ -284,23 +285,12 @@ impl Drop for VmaReadGuard {
 
 /// vma_start_read(): try to read-lock `obj` for a fault of mm `mm` whose
 /// current `mm_lock_seq` is read by `mm_lock_seq`.
-pub fn vma_start_read(
-    obj: &Arc<VmaObject>,
+pub fn vma_start_read<'a>(
+    obj: &'a VmaObject,
     mm: MmId,
     mm_lock_seq: &dyn Fn() -> u64,
     checks: RcuChecks,
-) -> Result<VmaReadGuard, StartReadError> {
-    start_read(Arc::clone(obj), mm, mm_lock_seq, checks)
-}
-
-/// [`vma_start_read`] on a reference the caller gives up (the guard keeps
-/// it).
-fn start_read(
-    obj: Arc<VmaObject>,
-    mm: MmId,
-    mm_lock_seq: &dyn Fn() -> u64,
-    checks: RcuChecks,
-) -> Result<VmaReadGuard, StartReadError> {
+) -> Result<VmaReadGuard<'a>, StartReadError> {
     if obj.lock_seq.load(Ordering::Acquire) == mm_lock_seq() {
         return Err(StartReadError::Locked);
     }
@@ -322,7 +312,6 @@ fn start_read(
         }
     }
     let guard = VmaReadGuard { obj };
-    let obj = &guard.obj;
     if checks.vm_mm && obj.mm() != mm {
         return Err(StartReadError::OtherMm);
     }
@@ -414,105 +403,259 @@ impl VmaLockCounters {
     }
 }
 
+/// A VMA object's number in its pool ([`VmaPool::get`]).
+pub type VmaSlot = u32;
+
 /// The published VMA tree: start → (end, object). Immutable once
 /// published; writers publish a new one (sharing structure) before they
 /// release mmap_lock, and readers that still hold the old one see old
 /// objects, which may meanwhile be detached or reused — exactly what RCU
 /// readers of the maple tree see.
-pub type VmaTreeSnapshot = imbl::OrdMap<u64, (u64, Arc<VmaObject>)>;
+///
+/// The tree holds the objects' slot numbers in the mm's pool, not
+/// references: a new version copies the nodes it changes, and copying a
+/// node of references would touch every object in it (a reference count
+/// each), objects that faulting threads are reading on other CPUs.
+#[derive(Clone, Debug, Default)]
+pub struct VmaTreeSnapshot {
+    map: imbl::OrdMap<u64, (u64, VmaSlot)>,
+    /// Where the slots are (None only for a tree that never held one).
+    pool: Option<Arc<VmaPool>>,
+}
 
-/// The RCU-published pointer to an mm's current [`VmaTreeSnapshot`]:
-/// an `ArcSwap`, whose loads write no shared cache line (as
-/// rcu_dereference does not); a lock under the model checkers, which must
-/// see every synchronisation.
-#[derive(Debug, Default)]
+impl VmaTreeSnapshot {
+    /// An empty tree of objects from `pool`.
+    pub fn new(pool: &Arc<VmaPool>) -> Self {
+        Self {
+            map: imbl::OrdMap::new(),
+            pool: Some(Arc::clone(pool)),
+        }
+    }
+
+    fn object(&self, slot: VmaSlot) -> &Arc<VmaObject> {
+        self.pool
+            .as_ref()
+            .expect("a tree with entries has a pool")
+            .get(slot)
+    }
+
+    /// Number of VMAs.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Insert (or replace) the VMA `[start, end)` held by `obj`, an object
+    /// of this tree's pool.
+    pub fn insert(&mut self, start: u64, end: u64, obj: &VmaObject) {
+        debug_assert!(
+            self.pool
+                .as_ref()
+                .is_some_and(|p| std::ptr::eq(&**p.get(obj.slot() as VmaSlot), obj)),
+            "an object of another pool"
+        );
+        self.map.insert(start, (end, obj.slot() as VmaSlot));
+    }
+
+    /// [`Self::insert`], returning the tree.
+    pub fn with_entry(mut self, start: u64, end: u64, obj: &VmaObject) -> Self {
+        self.insert(start, end, obj);
+        self
+    }
+
+    /// Remove the VMA starting at `start`.
+    pub fn remove(&mut self, start: u64) {
+        self.map.remove(&start);
+    }
+
+    /// mas_walk(): the slot of the object holding `addr`.
+    pub fn lookup_slot(&self, addr: u64) -> Option<VmaSlot> {
+        let (_, (end, slot)) = self.map.range(..=addr).next_back()?;
+        (addr < *end).then_some(*slot)
+    }
+
+    /// mas_walk(): the VMA holding `addr`, as (start, end, object).
+    pub fn lookup(&self, addr: u64) -> Option<(u64, u64, &Arc<VmaObject>)> {
+        let (start, (end, slot)) = self.map.range(..=addr).next_back()?;
+        (addr < *end).then(|| (*start, *end, self.object(*slot)))
+    }
+
+    /// The VMAs in address order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &Arc<VmaObject>)> {
+        self.map
+            .iter()
+            .map(|(s, (e, slot))| (*s, *e, self.object(*slot)))
+    }
+
+    /// The VMAs meeting `[lo, hi)`, in address order.
+    pub fn overlapping(&self, lo: u64, hi: u64) -> Vec<&Arc<VmaObject>> {
+        let mut out: Vec<&Arc<VmaObject>> = self
+            .map
+            .range(..hi)
+            .rev()
+            .take_while(|(_, (end, _))| *end > lo)
+            .map(|(_, (_, slot))| self.object(*slot))
+            .collect();
+        out.reverse();
+        out
+    }
+}
+
+/// The RCU-published pointer to an mm's current [`VmaTreeSnapshot`].
+///
+/// A reader must not write a cache line that other readers or the writer
+/// share (rcu_dereference() does not), and a fault reads the tree once or
+/// twice. So each thread keeps the last tree it read, with the version it
+/// read it at: while the version (one shared counter, written only by
+/// publications) is unchanged, the kept tree is still the current one and
+/// reading it costs one load. After a publication, the first read on each
+/// thread takes the new tree under a read lock. A publication stores the
+/// tree before it moves the version on, so a tree kept at version `v` is
+/// never older than the one published as `v` (a reader that sees `v`
+/// during the next publication reads as if it had come just before it).
+///
+/// Under the model checkers, whose threads are not the operating system's,
+/// nothing is kept: every read takes the lock.
+#[derive(Debug)]
 pub struct PublishedTree {
-    #[cfg(not(any(feature = "loom", feature = "shuttle")))]
-    current: arc_swap::ArcSwap<VmaTreeSnapshot>,
-    #[cfg(any(feature = "loom", feature = "shuttle"))]
+    /// Tells trees apart in the threads' kept copies.
+    id: u64,
+    /// Publications so far.
+    version: AtomicU64,
     current: RwLock<std::sync::Arc<VmaTreeSnapshot>>,
 }
 
+impl Default for PublishedTree {
+    fn default() -> Self {
+        Self::with_tree(VmaTreeSnapshot::default())
+    }
+}
+
+/// A thread's last tree read: (tree id, version, tree).
+type KeptTree = Option<(u64, u64, std::sync::Arc<VmaTreeSnapshot>)>;
+
+thread_local! {
+    static KEPT: std::cell::RefCell<KeptTree> = const { std::cell::RefCell::new(None) };
+}
+
 impl PublishedTree {
+    /// An empty tree of objects from `pool`.
+    pub fn new(pool: &Arc<VmaPool>) -> Self {
+        Self::with_tree(VmaTreeSnapshot::new(pool))
+    }
+
+    fn with_tree(tree: VmaTreeSnapshot) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            version: AtomicU64::new(0),
+            current: RwLock::new(std::sync::Arc::new(tree)),
+        }
+    }
+
     /// rcu_dereference() inside rcu_read_lock(): run `f` on the current
     /// tree.
     pub fn with<R>(&self, f: impl FnOnce(&VmaTreeSnapshot) -> R) -> R {
-        #[cfg(not(any(feature = "loom", feature = "shuttle")))]
-        {
-            f(&self.current.load())
+        if crate::sync::MODEL_CHECKING {
+            return f(&self.load());
         }
-        #[cfg(any(feature = "loom", feature = "shuttle"))]
-        {
-            f(&self.load())
-        }
+        let version = self.version.load(Ordering::Acquire);
+        let mut f = Some(f);
+        // The kept tree, borrowed for `f` (a nested read on this thread
+        // borrows it again, or reads without keeping).
+        let r = KEPT.with(|k| {
+            let k = k.try_borrow().ok()?;
+            match (&*k, f.take()) {
+                (Some((id, v, tree)), Some(f)) if *id == self.id && *v == version => Some(f(tree)),
+                (_, g) => {
+                    f = g;
+                    None
+                }
+            }
+        });
+        let Some(f) = f else {
+            return r.expect("f ran on the kept tree");
+        };
+        let tree = self.load();
+        KEPT.with(|k| {
+            if let Ok(mut k) = k.try_borrow_mut() {
+                *k = Some((self.id, version, std::sync::Arc::clone(&tree)));
+            }
+        });
+        f(&tree)
     }
 
     /// The current tree, kept.
     pub fn load(&self) -> std::sync::Arc<VmaTreeSnapshot> {
-        #[cfg(not(any(feature = "loom", feature = "shuttle")))]
-        {
-            self.current.load_full()
-        }
-        #[cfg(any(feature = "loom", feature = "shuttle"))]
-        {
-            std::sync::Arc::clone(
-                &self
-                    .current
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            )
-        }
+        std::sync::Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// rcu_assign_pointer(): publish a new tree.
     pub fn publish(&self, tree: VmaTreeSnapshot) {
-        #[cfg(not(any(feature = "loom", feature = "shuttle")))]
-        {
-            self.current.store(std::sync::Arc::new(tree));
-        }
-        #[cfg(any(feature = "loom", feature = "shuttle"))]
-        {
-            *self
+        let old = std::mem::replace(
+            &mut *self
                 .current
                 .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(tree);
-        }
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            std::sync::Arc::new(tree),
+        );
+        self.version.fetch_add(1, Ordering::Release);
+        // The old tree goes when its last reader lets go (the RCU grace
+        // period), here or later.
+        drop(old);
     }
 }
 
 /// mas_walk(): the entry of `tree` whose range holds `addr`.
 pub fn tree_lookup(tree: &VmaTreeSnapshot, addr: u64) -> Option<Arc<VmaObject>> {
-    tree.range(..=addr)
-        .next_back()
-        .filter(|(_, (end, _))| addr < *end)
-        .map(|(_, (_, obj))| Arc::clone(obj))
+    tree.lookup(addr).map(|(_, _, obj)| Arc::clone(obj))
 }
 
 /// The outcome of [`lock_vma_under_rcu`].
 #[derive(Debug)]
-pub enum RcuLock {
+pub enum RcuLock<'a> {
     /// The VMA holding the address, read-locked.
-    Locked(VmaReadGuard),
+    Locked(VmaReadGuard<'a>),
     /// Give up: take mmap_lock (counted as `vma_lock_abort`).
     Abort,
 }
 
 /// lock_vma_under_rcu() (mm/mmap_lock.c): find and read-lock the VMA
 /// holding `addr` in mm `mm` without mmap_lock. Counts miss and abort.
-pub fn lock_vma_under_rcu(
+/// `pool` is the pool of the tree's objects.
+pub fn lock_vma_under_rcu<'a>(
     tree: &PublishedTree,
+    pool: &'a VmaPool,
     mm: MmId,
     mm_lock_seq: &dyn Fn() -> u64,
     addr: u64,
     checks: RcuChecks,
     counters: &VmaLockCounters,
-) -> RcuLock {
+) -> RcuLock<'a> {
     loop {
-        let Some(obj) = tree.with(|t| tree_lookup(t, addr)) else {
+        // The object's slot: the object stays in the pool whatever
+        // happens to the tree (SLAB_TYPESAFE_BY_RCU), so it is taken from
+        // there, without a reference count.
+        let Some(slot) = tree.with(|t| {
+            debug_assert!(
+                t.pool.as_deref().is_none_or(|p| std::ptr::eq(p, pool)),
+                "the tree's objects are from another pool"
+            );
+            t.lookup_slot(addr)
+        }) else {
             counters.abort();
             return RcuLock::Abort;
         };
-        match start_read(obj, mm, mm_lock_seq, checks) {
+        match vma_start_read(pool.get(slot), mm, mm_lock_seq, checks) {
             Ok(guard) => {
                 // The object is stable now; is it the right one?
                 let (start, end) = guard.obj.range();
@@ -538,10 +681,43 @@ pub fn lock_vma_under_rcu(
 /// never freed, only recycled, so a lockless reader always finds a VMA
 /// object where it looked, though perhaps not the VMA it looked for. One
 /// pool may serve several mms, as the slab does.
-#[derive(Debug, Default)]
+///
+/// Objects are numbered by slot and found by number without a lock
+/// ([`Self::get`]): chunk `k` of the pool holds `FIRST_CHUNK << k` slots,
+/// allocated on first use and kept until the pool goes.
+#[derive(Debug)]
 pub struct VmaPool {
-    free: Mutex<Vec<Arc<VmaObject>>>,
+    /// Slots of freed objects, the most recently freed last.
+    free: Mutex<Vec<VmaSlot>>,
     slots: AtomicU64,
+    chunks: Box<[Chunk]>,
+}
+
+/// A chunk of a pool's objects.
+type Chunk = std::sync::OnceLock<Box<[std::sync::OnceLock<Arc<VmaObject>>]>>;
+
+/// Slots in a pool's first chunk (few under a model checker, whose
+/// objects are costly).
+const FIRST_CHUNK: usize = if crate::sync::MODEL_CHECKING { 4 } else { 64 };
+/// Chunks: room for every slot number (`FIRST_CHUNK << CHUNKS` slots,
+/// more than 2^32).
+const CHUNKS: usize = (u32::BITS - FIRST_CHUNK.trailing_zeros() + 1) as usize;
+
+/// The chunk holding `slot`, and its index there.
+fn chunk_of(slot: VmaSlot) -> (usize, usize) {
+    let slot = slot as usize;
+    let k = (slot / FIRST_CHUNK + 1).ilog2() as usize;
+    (k, slot - FIRST_CHUNK * ((1 << k) - 1))
+}
+
+impl Default for VmaPool {
+    fn default() -> Self {
+        Self {
+            free: Mutex::new(Vec::new()),
+            slots: AtomicU64::new(0),
+            chunks: (0..CHUNKS).map(|_| Chunk::new()).collect(),
+        }
+    }
 }
 
 impl VmaPool {
@@ -550,26 +726,49 @@ impl VmaPool {
         Self::default()
     }
 
+    /// The object in `slot`, which was allocated.
+    pub fn get(&self, slot: VmaSlot) -> &Arc<VmaObject> {
+        let (k, i) = chunk_of(slot);
+        self.chunks[k]
+            .get()
+            .and_then(|c| c[i].get())
+            .expect("a slot the pool gave out")
+    }
+
+    /// The object in a new slot.
+    fn create(&self, slot: VmaSlot) -> &Arc<VmaObject> {
+        let (k, i) = chunk_of(slot);
+        let chunk = self.chunks[k].get_or_init(|| {
+            (0..FIRST_CHUNK << k)
+                .map(|_| std::sync::OnceLock::new())
+                .collect()
+        });
+        chunk[i].get_or_init(|| Arc::new(VmaObject::new(slot as usize)))
+    }
+
     /// vm_area_alloc() + fields + vma_mark_attached(), write-locked in the
     /// session `mm_lock_seq` (a new VMA is not usable by per-VMA-lock
     /// readers until mmap_write_unlock). Reuses the most recently freed
     /// object first, as a slab's per-CPU freelist does.
     pub fn alloc(&self, mm: MmId, vma: Vma, mm_lock_seq: u64) -> Arc<VmaObject> {
-        let obj = self
+        let free = self
             .free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
-            .unwrap_or_else(|| {
-                let slot = self.slots.fetch_add(1, Ordering::Relaxed) as usize;
-                Arc::new(VmaObject::new(slot))
-            });
+            .pop();
+        let obj = match free {
+            Some(slot) => self.get(slot),
+            None => {
+                let slot = self.slots.fetch_add(1, Ordering::Relaxed);
+                self.create(VmaSlot::try_from(slot).expect("fewer than 2^32 VMA objects"))
+            }
+        };
         obj.generation.fetch_add(1, Ordering::AcqRel);
         obj.lock_seq.store(mm_lock_seq, Ordering::Release);
         obj.mm.store(mm, Ordering::Release);
         obj.set_vma(vma);
         obj.mark_attached();
-        obj
+        Arc::clone(obj)
     }
 
     /// vma_mark_detached() + vm_area_free(): the object, write-locked by
@@ -579,7 +778,7 @@ impl VmaPool {
         self.free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(obj);
+            .push(obj.slot() as VmaSlot);
     }
 
     /// Objects ever created.
@@ -601,6 +800,76 @@ mod tests {
             start >> 12,
             None,
         )
+    }
+
+    #[test]
+    fn pool_slots_span_chunks_and_freed_slots_come_back_last_in_first_out() {
+        assert_eq!(chunk_of(0), (0, 0));
+        assert_eq!(chunk_of(63), (0, 63));
+        assert_eq!(chunk_of(64), (1, 0));
+        assert_eq!(chunk_of(191), (1, 127));
+        assert_eq!(chunk_of(192), (2, 0));
+        assert_eq!(chunk_of(u32::MAX).0, CHUNKS - 1);
+        let pool = VmaPool::new();
+        let objs: Vec<Arc<VmaObject>> = (0..300u64)
+            .map(|i| pool.alloc(1, vma(i << 20, (i << 20) + 0x1000), 1))
+            .collect();
+        assert_eq!(pool.slots(), 300);
+        for (i, o) in objs.iter().enumerate() {
+            assert_eq!(o.slot(), i);
+            assert!(Arc::ptr_eq(pool.get(i as VmaSlot), o));
+            assert_eq!(o.range(), ((i as u64) << 20, ((i as u64) << 20) + 0x1000));
+        }
+        pool.free(Arc::clone(&objs[70]));
+        pool.free(Arc::clone(&objs[250]));
+        assert!(objs[70].is_detached());
+        let again = pool.alloc(2, vma(0x1000, 0x2000), 3);
+        assert_eq!((again.slot(), again.generation(), again.mm()), (250, 2, 2));
+        assert_eq!(pool.alloc(2, vma(0x3000, 0x4000), 3).slot(), 70);
+        assert_eq!(pool.alloc(2, vma(0x5000, 0x6000), 3).slot(), 300);
+    }
+
+    /// Each read sees the last publication, also on a thread that kept
+    /// an older tree, and reads of two trees on one thread do not mix.
+    #[test]
+    fn published_tree_reads_see_every_publication() {
+        let pool = Arc::new(VmaPool::new());
+        let (a, b) = (PublishedTree::new(&pool), PublishedTree::new(&pool));
+        let x = pool.alloc(1, vma(0x1000, 0x2000), 0);
+        let y = pool.alloc(1, vma(0x5000, 0x7000), 0);
+        assert!(a.with(|t| t.is_empty()));
+        a.publish(VmaTreeSnapshot::new(&pool).with_entry(0x1000, 0x2000, &x));
+        b.publish(VmaTreeSnapshot::new(&pool).with_entry(0x5000, 0x7000, &y));
+        for _ in 0..2 {
+            assert_eq!(a.with(|t| t.lookup_slot(0x1800)), Some(x.slot() as VmaSlot));
+            assert_eq!(b.with(|t| t.lookup_slot(0x1800)), None);
+            assert_eq!(
+                b.with(|t| t.lookup(0x6fff).map(|e| (e.0, e.1))),
+                Some((0x5000, 0x7000))
+            );
+        }
+        // A read inside a read (of the same tree, then of a newer one).
+        let nested = a.with(|t| (t.len(), a.with(|u| u.len())));
+        assert_eq!(nested, (1, 1));
+        let grown = (*a.load()).clone().with_entry(0x5000, 0x7000, &y);
+        a.publish(grown);
+        assert_eq!(a.with(|t| t.len()), 2);
+        assert_eq!(
+            a.with(|t| t
+                .iter()
+                .map(|(s, e, o)| (s, e, o.slot()))
+                .collect::<Vec<_>>()),
+            vec![(0x1000, 0x2000, x.slot()), (0x5000, 0x7000, y.slot())]
+        );
+        assert_eq!(a.load().overlapping(0x1fff, 0x5001).len(), 2);
+        assert_eq!(a.load().overlapping(0x2000, 0x5000).len(), 0);
+        a.publish(VmaTreeSnapshot::new(&pool));
+        assert_eq!(a.with(|t| t.lookup_slot(0x1800)), None);
+        // Another thread sees the same.
+        let a = &a;
+        std::thread::scope(|s| {
+            s.spawn(move || assert!(a.with(|t| t.is_empty())));
+        });
     }
 
     #[test]
@@ -655,19 +924,19 @@ mod tests {
 
     #[test]
     fn lookup_retries_on_detached_and_aborts_on_foreign_objects() {
-        let pool = VmaPool::new();
+        let pool = Arc::new(VmaPool::new());
         let tree = PublishedTree::default();
         let counters = VmaLockCounters::default();
         let seq = || 10;
         let a = pool.alloc(1, vma(0x1000, 0x2000), 0);
-        tree.publish(VmaTreeSnapshot::new().update(0x1000, (0x2000, Arc::clone(&a))));
-        match lock_vma_under_rcu(&tree, 1, &seq, 0x1800, RcuChecks::ALL, &counters) {
+        tree.publish(VmaTreeSnapshot::new(&pool).with_entry(0x1000, 0x2000, &a));
+        match lock_vma_under_rcu(&tree, &pool, 1, &seq, 0x1800, RcuChecks::ALL, &counters) {
             RcuLock::Locked(g) => assert_eq!(g.object().slot(), a.slot()),
             RcuLock::Abort => panic!("should lock"),
         }
         // Not mapped.
         assert!(matches!(
-            lock_vma_under_rcu(&tree, 1, &seq, 0x5000, RcuChecks::ALL, &counters),
+            lock_vma_under_rcu(&tree, &pool, 1, &seq, 0x5000, RcuChecks::ALL, &counters),
             RcuLock::Abort
         ));
         // Reused by another mm for another range: the stale tree still
@@ -677,7 +946,7 @@ mod tests {
         let b = pool.alloc(2, vma(0x1000, 0x2000), 0);
         assert_eq!(b.slot(), a.slot());
         assert!(matches!(
-            lock_vma_under_rcu(&tree, 1, &seq, 0x1800, RcuChecks::ALL, &counters),
+            lock_vma_under_rcu(&tree, &pool, 1, &seq, 0x1800, RcuChecks::ALL, &counters),
             RcuLock::Abort
         ));
         // Without the vm_mm check, mm 1 locks mm 2's VMA.
@@ -686,7 +955,7 @@ mod tests {
             ..RcuChecks::ALL
         };
         assert!(matches!(
-            lock_vma_under_rcu(&tree, 1, &seq, 0x1800, broken, &counters),
+            lock_vma_under_rcu(&tree, &pool, 1, &seq, 0x1800, broken, &counters),
             RcuLock::Locked(_)
         ));
         assert_eq!(

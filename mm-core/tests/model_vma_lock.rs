@@ -76,7 +76,7 @@ fn model(reuse: Reuse, checks: RcuChecks) {
         let seq_a = Arc::new(AtomicU64::new(2));
         let tree_a = Arc::new(PublishedTree::default());
         let x = pool.alloc(A, vma(0x1000, 0x2000), 1);
-        tree_a.publish(VmaTreeSnapshot::new().update(0x1000, (0x2000, Arc::clone(&x))));
+        tree_a.publish(VmaTreeSnapshot::new(&pool).with_entry(0x1000, 0x2000, &x));
 
         let fault = {
             let (pool, seq_a, tree_a) =
@@ -86,7 +86,7 @@ fn model(reuse: Reuse, checks: RcuChecks) {
                 let counters = VmaLockCounters::default();
                 let seq = || seq_a.load(Ordering::Acquire);
                 if let RcuLock::Locked(g) =
-                    lock_vma_under_rcu(&tree_a, A, &seq, ADDR, checks, &counters)
+                    lock_vma_under_rcu(&tree_a, &pool, A, &seq, ADDR, checks, &counters)
                 {
                     // The fault acts on the VMA it holds: it must be mm A's
                     // VMA for ADDR, still in A's tree, unchanged.
@@ -96,7 +96,7 @@ fn model(reuse: Reuse, checks: RcuChecks) {
                     assert!(s <= ADDR && ADDR < e, "locked a VMA of another range");
                     let now = tree_lookup(&tree_a.load(), ADDR);
                     assert!(
-                        now.is_some_and(|o| Arc::ptr_eq(&o, obj)),
+                        now.is_some_and(|o| std::ptr::eq(&*o, obj)),
                         "locked a VMA that is no longer mapped"
                     );
                 }
@@ -106,13 +106,13 @@ fn model(reuse: Reuse, checks: RcuChecks) {
         // The writer: munmap(0x1000, 0x1000) in A, then maybe reuse.
         seq_a.store(3, Ordering::Release); // mmap_write_lock(A)
         x.start_write(3);
-        tree_a.publish(VmaTreeSnapshot::new());
+        tree_a.publish(VmaTreeSnapshot::new(&pool));
         pool.free(Arc::clone(&x));
         match reuse {
             Reuse::None => {}
             Reuse::SameMmOtherRange => {
                 let y = pool.alloc(A, vma(0x5000, 0x6000), 3);
-                tree_a.publish(VmaTreeSnapshot::new().update(0x5000, (0x6000, y)));
+                tree_a.publish(VmaTreeSnapshot::new(&pool).with_entry(0x5000, 0x6000, &y));
             }
             Reuse::OtherMm => {
                 // mm B's own write session 1; its lock_seq never equals

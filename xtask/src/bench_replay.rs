@@ -207,6 +207,7 @@ pub fn run(o: Options) -> Result<()> {
         o.rounds
     );
     let mut worst: Option<f64> = None;
+    let mut meeting: Vec<String> = Vec::new();
     let mut first = true;
     let mut recorded_span = 0;
     for s in STRATEGIES {
@@ -245,6 +246,9 @@ pub fn run(o: Options) -> Result<()> {
         let ratio = recorded as f64 / replay.max(1) as f64;
         let ratio_all = recorded as f64 / command.max(1) as f64;
         worst = Some(worst.map_or(ratio, |w: f64| w.min(ratio)));
+        if ratio >= TARGET_RATIO {
+            meeting.push(s.to_string());
+        }
         println!(
             "{s:<12} {:>12} {:>7.1}x {:>14} {:>16} {:>7.1}x {:>9} {:>6}",
             secs(replay),
@@ -260,6 +264,14 @@ pub fn run(o: Options) -> Result<()> {
         println!(
             "slowest strategy replays {w:.1}x faster than recorded (target: {TARGET_RATIO:.0}x): {}",
             if w >= TARGET_RATIO { "met" } else { "NOT met" }
+        );
+        println!(
+            "strategies at {TARGET_RATIO:.0}x or more: {}",
+            if meeting.is_empty() {
+                "none".to_string()
+            } else {
+                meeting.join(", ")
+            }
         );
     }
     println!(
