@@ -1029,26 +1029,41 @@ impl SharedMm {
     ) -> Result<Retried, AccessError> {
         let _ld = self.ld_mmap(Mode::Read, LockSite::Fault);
         let _g = self.lock.read_lock(LockSite::Fault);
-        let Some(obj) = self.tree.with(|t| tree_lookup(t, addr)) else {
+        // Under mmap_lock the tree does not change: the object is the
+        // VMA's, borrowed from the pool, and its fields are borrowed under
+        // its data lock (only anon_vma_prepare changes them meanwhile, and
+        // it is done outside that lock).
+        let Some(slot) = self.tree.with(|t| t.lookup_slot(addr)) else {
             return Err(AccessError::Segv(SegvCode::MapErr));
         };
-        let Some(mut vma) = obj.vma() else {
-            return Err(AccessError::Segv(SegvCode::MapErr));
-        };
-        if let Some(c) = access_error(&self.config, code, &vma) {
-            return Err(AccessError::Segv(c));
-        }
+        let obj = self.pool.get(slot);
         let write = access_of(code);
-        if needs_anon_vma(&vma, write) {
-            // anon_vma_prepare() under mm->page_table_lock.
-            let mut inner = self.inner();
-            inner.mm.anon_vma_prepare(vma.start);
-            let v = inner.mm.vmas.get(vma.start).expect("mapped").clone();
-            obj.set_vma(v);
-            vma = obj.vma().expect("just set");
+        let fault = |vma: &Vma| {
+            let (r, retried) = self.handle_then(vma, addr, write, retry);
+            fault_result(r).map(|()| retried)
+        };
+        // None: the anon_vma must be prepared first.
+        let done = obj.with_vma(|vma| {
+            let Some(vma) = vma else {
+                return Some(Err(AccessError::Segv(SegvCode::MapErr)));
+            };
+            if let Some(c) = access_error(&self.config, code, vma) {
+                return Some(Err(AccessError::Segv(c)));
+            }
+            (!needs_anon_vma(vma, write)).then(|| fault(vma))
+        });
+        if let Some(r) = done {
+            return r;
         }
-        let (r, retried) = self.handle_then(&vma, addr, write, retry);
-        fault_result(r).map(|()| retried)
+        {
+            // anon_vma_prepare() under mm->page_table_lock.
+            let start = obj.range().0;
+            let mut inner = self.inner();
+            inner.mm.anon_vma_prepare(start);
+            let v = inner.mm.vmas.get(start).expect("mapped").clone();
+            obj.set_vma(v);
+        }
+        obj.with_vma(|vma| fault(vma.expect("just set")))
     }
 
     /// handle_mm_fault() on a copy of the VMA (see [`FaultEnv`]).
