@@ -51,7 +51,7 @@ use crate::{
     vma::Vma,
     vma_lock::{
         MmId, PublishedTree, RcuChecks, RcuLock, VmaLockCounters, VmaLockStats, VmaObject, VmaPool,
-        VmaTreeSnapshot, lock_vma_under_rcu, tree_lookup,
+        VmaTreeSnapshot, lock_vma_under_rcu,
     },
 };
 
@@ -840,9 +840,9 @@ impl SharedMm {
                 }
             }
             FaultStrategy::Speculative => {
-                if let Some(r) = self.fault_speculative(addr, code) {
+                if let Some(r) = self.fault_speculative(addr, code, retry) {
                     self.faults.add(SPF_SUCCESS);
-                    return r.map(|()| None);
+                    return r;
                 }
                 self.faults.add(SPF_ABORT);
             }
@@ -987,8 +987,19 @@ impl SharedMm {
     /// the VMA copy does not allow, a guard marker, SIGBUS) is left to the
     /// locked path, so a VMA caught in the middle of a change never causes
     /// a spurious signal.
-    fn fault_speculative(&self, addr: u64, code: u64) -> Option<Result<(), AccessError>> {
-        let obj = self.tree.with(|t| tree_lookup(t, addr))?;
+    ///
+    /// The object is borrowed from the pool, where it stays whatever
+    /// happens to it (its sequence count tells whether it changed). With
+    /// `retry`, a completed fault makes the access again with its VMA copy
+    /// if the copy is still valid, as the MMU's lookup of the published
+    /// tree would find the same VMA; else the caller makes it.
+    fn fault_speculative(
+        &self,
+        addr: u64,
+        code: u64,
+        retry: Option<(Access, u8)>,
+    ) -> Option<Result<Retried, AccessError>> {
+        let obj: &VmaObject = self.pool.get(self.tree.with(|t| t.lookup_slot(addr))?);
         let seq = obj.sequence();
         let valid = |obj: &VmaObject| {
             obj.sequence() == seq
@@ -996,7 +1007,7 @@ impl SharedMm {
                 && obj.mm() == self.id
                 && !obj.is_detached()
         };
-        if seq % 2 == 1 || !valid(&obj) {
+        if seq % 2 == 1 || !valid(obj) {
             return None;
         }
         let vma = obj.vma()?;
@@ -1005,7 +1016,7 @@ impl SharedMm {
                 return Some(Err(AccessError::Segv(c)));
             }
         }
-        if !vma.contains(addr) || !valid(&obj) {
+        if !vma.contains(addr) || !valid(obj) {
             return None;
         }
         let write = access_of(code);
@@ -1013,9 +1024,11 @@ impl SharedMm {
             return None;
         }
         let skip = self.knobs.spf_skip_commit_validation;
-        let validate = || skip || valid(&obj);
+        let validate = || skip || valid(obj);
         match self.handle(&vma, addr, write, &validate) {
-            FaultResult::Done => Some(Ok(())),
+            FaultResult::Done => Some(Ok(retry.filter(|_| valid(obj)).map(|(access, value)| {
+                hardware_access(&self.pt, &self.config, Some(&vma), addr, access, value)
+            }))),
             FaultResult::Retry | FaultResult::Segv | FaultResult::Bus => None,
         }
     }
