@@ -16,6 +16,16 @@ use crate::{
     vma::{Vma, VmaTree},
 };
 
+/// A populate walk queued by [`Mm::populate`] (see `queued_walks`): fault
+/// in `[start, end)` of `vma` for writing or not.
+#[derive(Debug)]
+pub(crate) struct QueuedWalk {
+    pub vma: crate::vma::Vma,
+    pub start: u64,
+    pub end: u64,
+    pub write: bool,
+}
+
 /// Kernel configuration and tunables the engine models.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MmConfig {
@@ -97,6 +107,11 @@ pub struct Mm {
     pub(crate) defer_populate: bool,
     /// The range a deferred populate is owed for.
     pub(crate) deferred_populate: Option<(u64, u64)>,
+    /// When set, populating an anonymous VMA only prepares it and queues
+    /// its page-table walk here, for the concurrent engine to make
+    /// without holding the address space's mutex (GUP walks under
+    /// mmap_lock for read and the PTE locks, nothing else).
+    pub(crate) queued_walks: Option<Vec<QueuedWalk>>,
 }
 
 impl Default for Mm {
@@ -118,6 +133,7 @@ impl Mm {
             counters: MmCounters::default(),
             defer_populate: false,
             deferred_populate: None,
+            queued_walks: None,
         }
     }
 

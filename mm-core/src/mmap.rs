@@ -391,6 +391,15 @@ impl Mm {
             }
         }
         let vma = self.vmas.lookup(start).expect("checked").clone();
+        if let Some(q) = &mut self.queued_walks {
+            q.push(crate::mm::QueuedWalk {
+                vma,
+                start,
+                end,
+                write,
+            });
+            return Ok(());
+        }
         let env = FaultEnv {
             pt: &self.pt,
             config: &self.config,

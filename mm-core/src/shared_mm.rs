@@ -530,9 +530,33 @@ impl SharedMm {
                 // under mmap_lock for read (__mm_populate).
                 let _ld = self.ld_mmap(Mode::Read, l.site);
                 let _g = self.lock.read_lock(l.site);
-                let mut inner = self.inner();
-                let _ = inner.mm.populate(start, end, true);
-                self.publish(&mut inner.mm, None);
+                // The VMAs are prepared (anon_vma) under the address
+                // space's mutex; their pages are faulted in without it, as
+                // GUP holds nothing but mmap_lock and the PTE locks (so a
+                // fault's anon_vma_prepare elsewhere does not wait for it).
+                let walks = {
+                    let mut inner = self.inner();
+                    inner.mm.queued_walks = Some(Vec::new());
+                    let _ = inner.mm.populate(start, end, true);
+                    self.publish(&mut inner.mm, None);
+                    inner.mm.queued_walks.take().unwrap_or_default()
+                };
+                let mut done = false;
+                for w in &walks {
+                    // Errors are ignored, as mmap's populate does.
+                    let _ = FaultEnv {
+                        pt: &self.pt,
+                        config: &self.config,
+                        vma: &w.vma,
+                        validate: &|| true,
+                    }
+                    .fault_in_anon(w.start, w.end, w.write, |_| done = true);
+                }
+                if done {
+                    // Faulting pages in only adds to the RSS: its
+                    // high-water mark is reached at the end.
+                    self.inner().mm.update_hiwater();
+                }
             }
             out
         } else {

@@ -119,6 +119,32 @@ fn script() -> Vec<Op> {
     for i in 0..16 {
         ops.push(Op::Read { addr: b + i * PS });
     }
+    // MAP_POPULATE, writable and read-only: the pages are there before
+    // the accesses (which then do not fault), and the RSS peak counts
+    // them.
+    let p = 0x2100_0000_0000;
+    for (at, prot_bits) in [(p, RW), (p + 64 * PS, prot::READ)] {
+        ops.push(Op::Mmap {
+            addr: at,
+            len: 40 * PS,
+            prot: prot_bits,
+            flags: map::PRIVATE | map::ANONYMOUS | map::FIXED | map::POPULATE,
+            file: None,
+            offset: 0,
+        });
+    }
+    ops.extend([
+        Op::Write {
+            addr: p + 5 * PS,
+            value: 3,
+        },
+        Op::Read { addr: p + 39 * PS },
+        Op::Read { addr: p + 70 * PS },
+        Op::Munmap {
+            addr: p,
+            len: 40 * PS,
+        },
+    ]);
     ops
 }
 
@@ -140,6 +166,11 @@ fn same_results_and_maps_as_the_single_threaded_engine() {
         assert_eq!(
             s.stats().process.faults.user,
             mm.counters().faults,
+            "{strategy:?}"
+        );
+        assert_eq!(
+            s.with_mm(LockSite::ProcRead, |m| (m.rss(), m.counters().hiwater_rss)),
+            (mm.rss(), mm.counters().hiwater_rss),
             "{strategy:?}"
         );
         s.check().unwrap_or_else(|e| panic!("{strategy:?}: {e}"));
