@@ -745,7 +745,7 @@ impl SharedMm {
         for _ in 0..8 {
             self.faults
                 .count(FaultKind::from_x86_error_code(code), false);
-            match self.do_user_addr_fault(addr, code, Some((access, value))) {
+            match self.do_user_addr_fault(addr, code, (access, value)) {
                 Ok(Some(Ok(v))) => return Ok(v),
                 Ok(Some(Err(c))) => code = c,
                 Ok(None) => match self.mmu(addr, access, value) {
@@ -843,15 +843,15 @@ impl SharedMm {
         r
     }
 
-    /// do_user_addr_fault(). With `retry`, the access to make again once
-    /// the fault is handled: a handler that holds a lock on the VMA makes
-    /// it before letting go, and its result is returned (see
+    /// do_user_addr_fault(). `retry` is the access to make again once the
+    /// fault is handled: a handler that holds a lock on the VMA makes it
+    /// before letting go, and its result is returned (see
     /// [`Self::access`]); None: the caller makes it.
     fn do_user_addr_fault(
         &self,
         addr: u64,
         code: u64,
-        retry: Option<(Access, u8)>,
+        retry: (Access, u8),
     ) -> Result<Retried, AccessError> {
         if let Some(d) = &self.lockdep {
             d.fault("user fault");
@@ -872,7 +872,7 @@ impl SharedMm {
             }
         }
         self.faults.add(FALLBACKS);
-        self.fault_mmap_locked(addr, code, retry)
+        self.fault_mmap_locked(addr, code, Some(retry))
     }
 
     /// A read of /proc/PID/maps. Under per-VMA locks this is 6.17's
@@ -943,7 +943,7 @@ impl SharedMm {
         &self,
         addr: u64,
         code: u64,
-        retry: Option<(Access, u8)>,
+        retry: (Access, u8),
     ) -> Option<Result<Retried, AccessError>> {
         let seq = || self.lock.mm_lock_seq();
         let RcuLock::Locked(guard) = lock_vma_under_rcu(
@@ -970,7 +970,7 @@ impl SharedMm {
                 // vmf_anon_prepare() under a VMA lock: VM_FAULT_RETRY.
                 return Some(None);
             }
-            let (r, retried) = self.handle_then(vma, addr, write, retry);
+            let (r, retried) = self.handle_then(vma, addr, write, Some(retry));
             Some(Some(fault_result(r).map(|()| retried)))
         })?;
         drop(guard);
@@ -1013,15 +1013,15 @@ impl SharedMm {
     /// a spurious signal.
     ///
     /// The object is borrowed from the pool, where it stays whatever
-    /// happens to it (its sequence count tells whether it changed). With
-    /// `retry`, a completed fault makes the access again with its VMA copy
+    /// happens to it (its sequence count tells whether it changed). A
+    /// completed fault makes the access again (`retry`) with its VMA copy
     /// if the copy is still valid, as the MMU's lookup of the published
     /// tree would find the same VMA; else the caller makes it.
     fn fault_speculative(
         &self,
         addr: u64,
         code: u64,
-        retry: Option<(Access, u8)>,
+        (access, value): (Access, u8),
     ) -> Option<Result<Retried, AccessError>> {
         let obj: &VmaObject = self.pool.get(self.tree.with(|t| t.lookup_slot(addr))?);
         let seq = obj.sequence();
@@ -1050,7 +1050,7 @@ impl SharedMm {
         let skip = self.knobs.spf_skip_commit_validation;
         let validate = || skip || valid(obj);
         match self.handle(&vma, addr, write, &validate) {
-            FaultResult::Done => Some(Ok(retry.filter(|_| valid(obj)).map(|(access, value)| {
+            FaultResult::Done => Some(Ok(valid(obj).then(|| {
                 hardware_access(&self.pt, &self.config, Some(&vma), addr, access, value)
             }))),
             FaultResult::Retry | FaultResult::Segv | FaultResult::Bus => None,

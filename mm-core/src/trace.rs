@@ -1323,17 +1323,20 @@ mod tests {
         }
     }
 
+    /// `lines` joined, line `i` replaced by `l`.
+    fn with_line(lines: &[&str], i: usize, l: &str) -> String {
+        let mut v = lines.to_vec();
+        v[i] = l;
+        v.join("\n")
+    }
+
     /// Every way of cutting the body gives what reading it line by line
     /// gives (one part), for good and bad traces.
     #[test]
     fn parts_read_as_one() {
         let good = write(&sample());
         let lines: Vec<&str> = good.lines().collect();
-        let with = |i: usize, l: &str| {
-            let mut v = lines.clone();
-            v[i] = l;
-            v.join("\n")
-        };
+        let with = |i: usize, l: &str| with_line(&lines, i, l);
         let end = lines.len() - 1;
         let mut cases = vec![
             good.clone(),
@@ -1406,11 +1409,7 @@ mod tests {
     fn errors_name_the_line() {
         let good = write(&sample());
         let lines: Vec<&str> = good.lines().collect();
-        let with = |i: usize, l: &str| {
-            let mut v = lines.clone();
-            v[i] = l;
-            v.join("\n")
-        };
+        let with = |i: usize, l: &str| with_line(&lines, i, l);
         // Line 4 is the first record.
         let cases = [
             (with(3, "5 1 mmapp addr=0 = 0"), "unknown op `mmapp`"),

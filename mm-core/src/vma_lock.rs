@@ -474,14 +474,19 @@ impl VmaTreeSnapshot {
 
     /// mas_walk(): the slot of the object holding `addr`.
     pub fn lookup_slot(&self, addr: u64) -> Option<VmaSlot> {
-        let (_, (end, slot)) = self.map.range(..=addr).next_back()?;
-        (addr < *end).then_some(*slot)
+        self.entry(addr).map(|(_, _, slot)| slot)
     }
 
     /// mas_walk(): the VMA holding `addr`, as (start, end, object).
     pub fn lookup(&self, addr: u64) -> Option<(u64, u64, &Arc<VmaObject>)> {
+        self.entry(addr)
+            .map(|(start, end, slot)| (start, end, self.object(slot)))
+    }
+
+    /// The entry holding `addr`: (start, end, slot).
+    fn entry(&self, addr: u64) -> Option<(u64, u64, VmaSlot)> {
         let (start, (end, slot)) = self.map.range(..=addr).next_back()?;
-        (addr < *end).then(|| (*start, *end, self.object(*slot)))
+        (addr < *end).then_some((*start, *end, *slot))
     }
 
     /// The VMAs in address order.

@@ -27,8 +27,8 @@ use clap::Args;
 
 use crate::{
     build_ebpf,
-    exec::{cargo, exec, is_root, output},
-    workspace_root,
+    exec::{exec, is_root, output},
+    install, workspace_root,
 };
 
 #[derive(Args)]
@@ -57,16 +57,8 @@ fn build_probe(with_ebpf: bool) -> Result<PathBuf> {
     if with_ebpf {
         build_ebpf::run(build_ebpf::Options::default())?;
     }
-    exec(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--locked",
-        "--package",
-        "mm-probe",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    Ok(target.join("release/mm-probe"))
+    install::build_packages(&["mm-probe"])?;
+    Ok(install::release_bin("mm-probe"))
 }
 
 /// One replay: (engine replay ns, read ns, whole command ns, recorded

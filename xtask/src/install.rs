@@ -29,21 +29,28 @@ pub const BINARIES: [&str; 2] = ["mm-probe", "mm-tui"];
 /// [`release_bin`]).
 pub fn build_release() -> Result<PathBuf> {
     build_ebpf::run(build_ebpf::Options::default())?;
-    exec(cargo().current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--locked",
-        "--package",
-        "mm-probe",
-        "--package",
-        "mm-tui",
-    ]))?;
+    build_packages(&BINARIES)?;
     Ok(release_bin("mm-probe"))
 }
 
-/// A release binary's path.
+/// `cargo build --release --locked` of `packages`.
+pub fn build_packages(packages: &[&str]) -> Result<()> {
+    let mut c = cargo();
+    c.current_dir(workspace_root())
+        .args(["build", "--release", "--locked"]);
+    for p in packages {
+        c.args(["--package", p]);
+    }
+    exec(&mut c)
+}
+
+/// A release binary's path (under `CARGO_TARGET_DIR` when it is set, as
+/// cargo puts it there).
 pub fn release_bin(name: &str) -> PathBuf {
-    workspace_root().join("target/release").join(name)
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+        .join("release")
+        .join(name)
 }
 
 pub fn run(o: Options) -> Result<()> {
