@@ -9,6 +9,7 @@ pub mod addr;
 pub mod apply;
 pub mod brk;
 pub mod clear_refs;
+pub mod cpus;
 pub mod errno;
 pub mod fault;
 pub mod file;

@@ -29,10 +29,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        OnceLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -40,6 +37,7 @@ use serde::Serialize;
 
 use crate::{
     MmConfig,
+    cpus::{Cpus, OnCpu},
     fault::{Access, AccessError},
     op::{Op, Outcome},
     shared_mm::{EngineStats, FaultStrategy, SharedMm},
@@ -610,8 +608,9 @@ struct Gate {
     progress: Vec<Padded<AtomicUsize>>,
     /// Per thread: what it sleeps on, or is about to.
     sleep: Vec<Padded<Sleeper>>,
-    /// Per thread: its handle, for waking it.
-    handles: Vec<OnceLock<std::thread::Thread>>,
+    /// The CPUs records are made on (with each thread's handle, for
+    /// waking it).
+    cpus: Cpus,
 }
 
 /// A sleeping thread's condition: counter `counter` (0: none, 1 + t:
@@ -633,7 +632,7 @@ impl Gate {
             done: (0..calls).map(|_| AtomicUsize::new(0)).collect(),
             progress: (0..threads).map(|_| Padded::default()).collect(),
             sleep: (0..threads).map(|_| Padded::default()).collect(),
-            handles: (0..threads).map(|_| OnceLock::new()).collect(),
+            cpus: Cpus::of_this_machine(threads),
         }
     }
 
@@ -654,8 +653,9 @@ impl Gate {
         1 + self.progress.len() + k
     }
 
-    /// Wait, as thread `me`, until counter `c` is at least `value`.
-    fn wait(&self, me: usize, c: usize, value: usize) {
+    /// Wait, as thread `me`, until counter `c` is at least `value`: spin
+    /// briefly, then give up the CPU and sleep.
+    fn wait(&self, me: usize, cpu: &mut OnCpu<'_>, c: usize, value: usize) {
         let counter = self.counter(c);
         if counter.load(Ordering::Acquire) >= value {
             return;
@@ -666,23 +666,25 @@ impl Gate {
                 return;
             }
         }
-        let s = &self.sleep[me].0;
-        s.value.store(value, Ordering::Relaxed);
-        // Announce the sleep before the last check; a thread that moves
-        // the counter after the check sees the announcement (both sides
-        // are sequentially consistent) and wakes us.
-        s.counter.store(c, Ordering::SeqCst);
-        while counter.load(Ordering::SeqCst) < value {
-            std::thread::park();
-        }
-        s.counter.store(0, Ordering::Relaxed);
+        cpu.off_cpu(|| {
+            let s = &self.sleep[me].0;
+            s.value.store(value, Ordering::Relaxed);
+            // Announce the sleep before the last check; a thread that
+            // moves the counter after the check sees the announcement
+            // (both sides are sequentially consistent) and wakes us.
+            s.counter.store(c, Ordering::SeqCst);
+            while counter.load(Ordering::SeqCst) < value {
+                std::thread::park();
+            }
+            s.counter.store(0, Ordering::Relaxed);
+        });
     }
 
     /// Wake the threads sleeping on counter `c` whose condition now holds.
     fn wake(&self, c: usize, now: usize) {
         for (t, s) in self.sleep.iter().enumerate() {
             if s.0.counter.load(Ordering::SeqCst) == c && s.0.value.load(Ordering::Relaxed) <= now {
-                if let Some(h) = self.handles[t].get() {
+                if let Some(h) = self.cpus.handle(t) {
                     h.unpark();
                 }
             }
@@ -725,26 +727,31 @@ fn run_thread(
     start: Instant,
     measure: bool,
 ) -> ThreadResult {
-    let _ = gate.handles[me].set(std::thread::current());
     let mut out = ThreadResult::default();
     if measure {
         out.costs.reserve_exact(plan.threads[me].len());
     }
+    let mut cpu = gate.cpus.enter(me);
     for (pos, st) in plan.threads[me].iter().enumerate() {
         if let Some(speed) = opts.speed {
             let t_ns = trace.records[st.index].t_ns;
             let due = start + Duration::from_nanos((t_ns as f64 / speed) as u64);
-            wait_until(due);
+            if Instant::now() < due {
+                cpu.off_cpu(|| wait_until(due));
+            }
+        }
+        if pos % 16 == 0 {
+            cpu.tick();
         }
         let mut began = None;
         match st.kind {
             Kind::Call => {
                 let call = &plan.calls[st.call];
                 for &k in &plan.call_deps[call.after.clone()] {
-                    gate.wait(me, gate.call(k as usize), 1);
+                    gate.wait(me, &mut cpu, gate.call(k as usize), 1);
                 }
                 for &(t, n) in &plan.deps[call.deps.clone()] {
-                    gate.wait(me, Gate::thread(t), n);
+                    gate.wait(me, &mut cpu, Gate::thread(t), n);
                 }
                 if measure {
                     began = Some(Instant::now());
@@ -762,7 +769,7 @@ fn run_thread(
             }
             Kind::Access(access, user) => {
                 if st.call > 0 {
-                    gate.wait(me, gate.call(st.call - 1), 1);
+                    gate.wait(me, &mut cpu, gate.call(st.call - 1), 1);
                 }
                 if measure {
                     began = Some(Instant::now());
@@ -790,6 +797,7 @@ fn run_thread(
             out.costs.push(b.elapsed().as_nanos() as u64);
         }
     }
+    drop(cpu);
     out
 }
 

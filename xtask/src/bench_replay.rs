@@ -194,7 +194,7 @@ pub fn run(o: Options) -> Result<()> {
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "replay benchmark: {} on {cpus} CPUs, median of {} replays per strategy (--speed max)",
+        "replay benchmark: {} on {cpus} CPUs, median of {} replays per strategy, taken in turn (--speed max)",
         trace.display(),
         o.rounds
     );
@@ -202,11 +202,15 @@ pub fn run(o: Options) -> Result<()> {
     let mut meeting: Vec<String> = Vec::new();
     let mut first = true;
     let mut recorded_span = 0;
-    for s in STRATEGIES {
-        let mut runs = Vec::new();
-        for _ in 0..o.rounds {
+    // Round-robin over the strategies, so that a change in the machine's
+    // speed during the benchmark touches them alike.
+    let mut all: Vec<Vec<Run>> = STRATEGIES.iter().map(|_| Vec::new()).collect();
+    for _ in 0..o.rounds {
+        for (s, runs) in STRATEGIES.iter().zip(&mut all) {
             runs.push(replay_once(&probe, &trace, s)?);
         }
+    }
+    for (s, runs) in STRATEGIES.into_iter().zip(all) {
         let (recorded, records) = (runs[0].recorded_ns, runs[0].records);
         recorded_span = recorded;
         if first {

@@ -1,6 +1,9 @@
 //! Running a [`Plan`] on the engine: a [`SharedMm`] under the chosen fault
 //! strategy, one real thread per plan thread, the same steps the host
-//! runner makes with system calls.
+//! runner makes with system calls. At most as many of them run steps at
+//! once as the machine has CPUs, switching only between steps
+//! ([`crate::cpus`]), as the kernel does not preempt a fault or an mm
+//! system call in the middle.
 //!
 //! The statistics are reset when the setup is done (files created, shared
 //! regions mapped, each thread's setup steps made), so that they cover
@@ -21,6 +24,7 @@ use thiserror::Error;
 use super::{AccessKind, OpCounts, Plan, PlanThread, Rng, Step, touch_pages};
 use crate::{
     Errno, MmConfig,
+    cpus::Cpus,
     fault::{Access, AccessError},
     op::{Op, Outcome},
     shared_mm::{EngineStats, FaultStrategy, SharedMm},
@@ -165,6 +169,7 @@ fn step(mm: &SharedMm, s: &Step, rng: &mut Rng, name: &str) -> Result<bool, Step
 fn run_thread(
     mm: &SharedMm,
     t: &PlanThread,
+    (cpus, me): (&Cpus, usize),
     start: &Barrier,
     ready: &Barrier,
     stop: &AtomicBool,
@@ -187,6 +192,7 @@ fn run_thread(
         name: t.name.clone(),
         ..ThreadResult::default()
     };
+    let mut cpu = cpus.enter(me);
     loop {
         if let Some(n) = t.iterations {
             if r.iterations >= n {
@@ -197,6 +203,7 @@ fn run_thread(
             break;
         }
         for s in &t.body {
+            cpu.tick();
             r.ops.count(s);
             if !step(mm, s, &mut rng, &t.name)? {
                 r.ops.errors += 1;
@@ -227,15 +234,18 @@ pub fn start(plan: &Plan, strategy: FaultStrategy) -> Result<Running, StepError>
     let ready = Arc::new(Barrier::new(n + 1));
     let go = Arc::new(Barrier::new(n + 1));
     let stop = Arc::new(AtomicBool::new(false));
+    let cpus = Arc::new(Cpus::of_this_machine(n));
     let handles = plan
         .threads
         .iter()
         .cloned()
-        .map(|t| {
+        .enumerate()
+        .map(|(me, t)| {
             let (mm, ready, go, stop) = (mm.clone(), ready.clone(), go.clone(), stop.clone());
+            let cpus = cpus.clone();
             std::thread::Builder::new()
                 .name(format!("engine-{}", t.name))
-                .spawn(move || run_thread(&mm, &t, &go, &ready, &stop))
+                .spawn(move || run_thread(&mm, &t, (&cpus, me), &go, &ready, &stop))
                 .expect("spawning an engine thread")
         })
         .collect();
