@@ -33,6 +33,7 @@ pub mod percpu;
 pub mod pgtable;
 pub mod proc;
 pub mod replay;
+pub mod sched_clock;
 pub mod shared_mm;
 pub mod stats;
 pub mod sync;

@@ -40,10 +40,14 @@
 //!
 //! Every acquisition and release is counted in the schema of the host probe
 //! ([`MmapLockStats`], [`ContextStats`]; see `mm-ebpf`): the counters are
-//! relaxed atomics, per ([`LockSite`], mode), with no lock of their own, so
-//! instrumenting the lock does not serialize its users (an acquisition,
-//! its wait and its hold are recorded after the release, so recording
-//! adds nothing to the time the lock is held).
+//! per ([`LockSite`], mode) and per CPU stripe ([`crate::percpu`]), with
+//! no lock of their own, so instrumenting the lock does not serialize its
+//! users. A thread that owns its stripe adds with plain stores (as
+//! `this_cpu_add()` does), so the counters only grow and a reset takes a
+//! baseline; an acquisition granted at once is one addition; the clock is
+//! [`crate::sched_clock`] (the TSC where the host keeps time with it); an
+//! acquisition, its wait and its hold are recorded after the release, so
+//! recording adds nothing to the time the lock is held.
 //!
 //! All synchronisation goes through [`crate::sync`], so the loom and shuttle
 //! runs (tests/model_mmap_lock.rs) check this very code.
@@ -142,8 +146,22 @@ impl LockSite {
 
 // ---- atomic statistics ----------------------------------------------------
 
-/// A [`Log2Histogram`] that many threads record into at once: one atomic
-/// per bucket, an atomic sum and an atomic maximum. Same bucket layout.
+/// Add `n` to a counter of this thread's stripe: with a plain load and
+/// store when the thread owns the stripe (no other thread writes it, as
+/// with `this_cpu_add()`), atomically when the stripe is shared.
+#[inline]
+fn bump(c: &AtomicU64, n: u64, owned: bool) {
+    if owned {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    } else {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A [`Log2Histogram`] of one stripe: one atomic per bucket, an atomic
+/// sum and an atomic maximum. Same bucket layout. Its buckets and sum only
+/// grow (a reset takes a baseline, see [`MmapLock::reset_stats`]); the
+/// maximum is reset to 0.
 pub(crate) struct AtomicLog2Histogram {
     buckets: [AtomicU64; BUCKETS],
     sum: AtomicU64,
@@ -159,39 +177,47 @@ impl AtomicLog2Histogram {
         }
     }
 
-    /// Record one value (the sum wraps only after 584 years of nanoseconds).
-    pub(crate) fn record(&self, v: u64) {
-        self.buckets[bucket_index(v)].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(v, Ordering::Relaxed);
+    /// Record one value (the sum wraps only after 584 years of
+    /// nanoseconds); `owned`: see [`bump`].
+    #[inline]
+    pub(crate) fn record(&self, v: u64, owned: bool) {
+        bump(&self.buckets[bucket_index(v)], 1, owned);
+        if v != 0 {
+            bump(&self.sum, v, owned);
+        }
         // fetch_max is a compare-and-swap loop; most values are no new
-        // maximum, and a load tells.
+        // maximum, and a load tells. (Atomic even on an owned stripe: a
+        // reset writes the maximum.)
         if v > self.max.load(Ordering::Relaxed) {
             self.max.fetch_max(v, Ordering::Relaxed);
         }
     }
 
-    /// The values recorded so far. Each part is exact; taken while others
-    /// record, the parts may be from slightly different instants.
-    pub(crate) fn snapshot(&self) -> Log2Histogram {
+    /// The values recorded so far, plus `zeros` values of 0. Each part is
+    /// exact; taken while others record, the parts may be from slightly
+    /// different instants.
+    pub(crate) fn snapshot(&self, zeros: u64) -> Log2Histogram {
+        let mut buckets: [u64; BUCKETS] =
+            std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed));
+        buckets[bucket_index(0)] += zeros;
         Log2Histogram::from_parts(
-            std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            buckets,
             self.sum.load(Ordering::Relaxed),
             self.max.load(Ordering::Relaxed),
         )
     }
-
-    fn reset(&self) {
-        for b in &self.buckets {
-            b.store(0, Ordering::Relaxed);
-        }
-        self.sum.store(0, Ordering::Relaxed);
-        self.max.store(0, Ordering::Relaxed);
-    }
 }
 
-/// Counters of one (site, mode).
+/// Counters of one (site, mode) on one stripe. They only grow: a reset
+/// takes a baseline instead of writing them, so that the thread owning
+/// the stripe may add to them with plain stores.
 struct SiteModeCounters {
-    /// Successful acquisitions, blocking and trylock (not downgrades).
+    /// Blocking acquisitions granted at once: each is also an acquisition
+    /// and a wait of 0 ns (added to those when read), so that the
+    /// commonest acquisition costs one addition.
+    immediate: AtomicU64,
+    /// Other successful acquisitions, blocking and trylock (not
+    /// downgrades).
     acquisitions: AtomicU64,
     /// Of `acquisitions`, those by a successful trylock.
     trylock_acquisitions: AtomicU64,
@@ -201,7 +227,7 @@ struct SiteModeCounters {
     /// as waiters (the rwsem slow path's `contention_begin`).
     contended: AtomicU64,
     /// Nanoseconds from asking to getting, for every blocking acquisition
-    /// (uncontended ones too); never for trylocks.
+    /// but the `immediate` ones; never for trylocks.
     wait: AtomicLog2Histogram,
     /// Nanoseconds from acquisition (or downgrade, for the read hold that
     /// follows one) to release (or downgrade, for the write hold).
@@ -211,6 +237,7 @@ struct SiteModeCounters {
 impl SiteModeCounters {
     fn new() -> Self {
         Self {
+            immediate: AtomicU64::new(0),
             acquisitions: AtomicU64::new(0),
             trylock_acquisitions: AtomicU64::new(0),
             trylock_failures: AtomicU64::new(0),
@@ -220,25 +247,39 @@ impl SiteModeCounters {
         }
     }
 
-    fn reset(&self) {
-        self.acquisitions.store(0, Ordering::Relaxed);
-        self.trylock_acquisitions.store(0, Ordering::Relaxed);
-        self.trylock_failures.store(0, Ordering::Relaxed);
-        self.contended.store(0, Ordering::Relaxed);
-        self.wait.reset();
-        self.hold.reset();
+    /// Count a blocking acquisition and its wait, after the release (see
+    /// [`Waited`]).
+    #[inline]
+    fn count_blocking(&self, waited: Waited, owned: bool) {
+        if !waited.contended && waited.ns == 0 {
+            bump(&self.immediate, 1, owned);
+            return;
+        }
+        bump(&self.acquisitions, 1, owned);
+        if waited.contended {
+            bump(&self.contended, 1, owned);
+        }
+        self.wait.record(waited.ns, owned);
     }
 
+    /// Zero the maxima (the rest is reset by a baseline).
+    fn reset_max(&self) {
+        self.wait.max.store(0, Ordering::Relaxed);
+        self.hold.max.store(0, Ordering::Relaxed);
+    }
+
+    /// Everything counted since the stripe was made.
     fn mode_stats(&self) -> LockModeStats {
+        let immediate = self.immediate.load(Ordering::Relaxed);
         LockModeStats {
-            acquisitions: self.acquisitions.load(Ordering::Relaxed),
+            acquisitions: self.acquisitions.load(Ordering::Relaxed) + immediate,
             trylock_acquisitions: self.trylock_acquisitions.load(Ordering::Relaxed),
             trylock_failures: self.trylock_failures.load(Ordering::Relaxed),
             lock_failures: 0,
             contended: self.contended.load(Ordering::Relaxed),
             remote: 0,
-            wait: self.wait.snapshot(),
-            hold: self.hold.snapshot(),
+            wait: self.wait.snapshot(immediate),
+            hold: self.hold.snapshot(0),
         }
     }
 }
@@ -254,43 +295,45 @@ const fn slot(site: LockSite, mode: LockMode) -> usize {
         }
 }
 
-/// The clock of the wait and hold times: `std::time::Instant` (monotonic
-/// nanoseconds). Under a model checker every duration is 0 instead: loom
+/// The clock of the wait and hold times: [`crate::sched_clock`] (monotonic
+/// nanoseconds, from the TSC where the host keeps time with it). Under a model checker every duration is 0 instead: loom
 /// replays schedules and needs each replay to take the same branches, which
 /// a real duration (choosing the histogram bucket, hence the atomic) breaks;
 /// shuttle's failing schedules stay replayable too. Counts are unchanged.
 mod clock {
     #[cfg(not(any(feature = "loom", feature = "shuttle")))]
-    pub(super) use std::time::Instant as Stamp;
+    pub(super) use crate::sched_clock::{Stamp, ns_between};
 
     /// A point in time under a model checker: they all coincide.
     #[cfg(any(feature = "loom", feature = "shuttle"))]
     #[derive(Clone, Copy, Debug)]
     pub(super) struct Stamp;
 
+    /// Nanoseconds from `from` to `to`: 0.
     #[cfg(any(feature = "loom", feature = "shuttle"))]
-    impl Stamp {
-        pub(super) const fn now() -> Self {
-            Self
-        }
-
-        const fn saturating_duration_since(self, _: Self) -> std::time::Duration {
-            std::time::Duration::ZERO
-        }
-    }
-
-    /// Nanoseconds from `from` to `to` (0 if `to` is earlier).
-    pub(super) fn ns_between(from: Stamp, to: Stamp) -> u64 {
-        u64::try_from(to.saturating_duration_since(from).as_nanos()).unwrap_or(u64::MAX)
+    pub(super) const fn ns_between(_: Stamp, _: Stamp) -> u64 {
+        0
     }
 
     /// Nanoseconds since `t`.
     pub(super) fn ns_since(t: Stamp) -> u64 {
-        ns_between(t, Stamp::now())
+        ns_between(t, now())
+    }
+
+    /// Now.
+    #[cfg(not(any(feature = "loom", feature = "shuttle")))]
+    pub(super) fn now() -> Stamp {
+        crate::sched_clock::now()
+    }
+
+    /// Now.
+    #[cfg(any(feature = "loom", feature = "shuttle"))]
+    pub(super) const fn now() -> Stamp {
+        Stamp
     }
 }
 
-use clock::{Stamp, ns_between, ns_since};
+use clock::{Stamp, now, ns_between, ns_since};
 
 // ---- the lock ---------------------------------------------------------------
 
@@ -337,9 +380,13 @@ pub struct MmapLock {
     /// ([`crate::percpu`]), made when a thread of that CPU first counts,
     /// so that threads taking the lock do not also share the counters'
     /// cache lines (a reader's acquisition and release would otherwise
-    /// bounce them between CPUs); one set under a model checker. Boxed (a
-    /// few thousand atomics, too many for a model checker's stack).
+    /// bounce them between CPUs), and the thread owning the CPU adds with
+    /// plain stores; one shared set under a model checker. Boxed (a few
+    /// thousand atomics, too many for a model checker's stack).
     counters: Box<[std::sync::OnceLock<Box<[SiteModeCounters]>>]>,
+    /// Per (site, mode): the counters' sums at the last reset, taken off
+    /// what they count.
+    baseline: Mutex<Vec<LockModeStats>>,
     /// Write locks downgraded to read.
     downgrades: AtomicU64,
 }
@@ -386,6 +433,7 @@ impl MmapLock {
             counters: (0..crate::percpu::STRIPES)
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
+            baseline: Mutex::new(vec![LockModeStats::default(); SLOTS]),
             downgrades: AtomicU64::new(0),
         };
         if crate::sync::MODEL_CHECKING {
@@ -393,6 +441,8 @@ impl MmapLock {
             // it (a set made by a thread that races another to make it
             // would be published through a lock the checker cannot see).
             let _ = lock.counters();
+        } else {
+            crate::sched_clock::init();
         }
         lock
     }
@@ -406,11 +456,11 @@ impl MmapLock {
         // holder lets go while it spins or it sleeps. One that can waited
         // 0 ns (a clock read would cost more than the acquisition).
         let at_once = self.try_read_fast();
-        let start = (!at_once).then(Stamp::now);
+        let start = (!at_once).then(now);
         if !at_once && !self.read_spin() {
             self.read_slow();
         }
-        let acquired = Stamp::now();
+        let acquired = now();
         let ns = start.map_or(0, |s| ns_between(s, acquired));
         MmapReadGuard {
             lock: self,
@@ -431,7 +481,7 @@ impl MmapLock {
         ok.then(|| MmapReadGuard {
             lock: self,
             site,
-            since: Stamp::now(),
+            since: now(),
             waited: None,
         })
     }
@@ -444,10 +494,10 @@ impl MmapLock {
         // rwsem_optimistic_spin() fails). One that gets it at once waited
         // 0 ns.
         let at_once = self.try_write_fast();
-        let start = (!at_once).then(Stamp::now);
+        let start = (!at_once).then(now);
         let contended = !at_once && !self.write_spin() && self.write_slow();
         let seq = self.seq_begin();
-        let acquired = Stamp::now();
+        let acquired = now();
         let ns = start.map_or(0, |s| ns_between(s, acquired));
         MmapWriteGuard {
             lock: self,
@@ -468,7 +518,7 @@ impl MmapLock {
             MmapWriteGuard {
                 lock: self,
                 site,
-                since: Stamp::now(),
+                since: now(),
                 seq,
                 waited: None,
             }
@@ -518,23 +568,33 @@ impl MmapLock {
         s
     }
 
-    /// This thread's counter sets.
-    fn counters(&self) -> &[SiteModeCounters] {
-        let cpu = if crate::sync::MODEL_CHECKING {
-            0
+    /// This thread's counter sets, and whether the thread owns them (see
+    /// [`bump`]).
+    fn counters(&self) -> (&[SiteModeCounters], bool) {
+        let (cpu, owned) = if crate::sync::MODEL_CHECKING {
+            (0, false)
         } else {
-            crate::percpu::this_cpu().0
+            crate::percpu::this_cpu()
         };
-        self.counters[cpu].get_or_init(|| (0..SLOTS).map(|_| SiteModeCounters::new()).collect())
+        let set = self.counters[cpu]
+            .get_or_init(|| (0..SLOTS).map(|_| SiteModeCounters::new()).collect());
+        (set, owned)
     }
 
-    /// Counter set `slot`, summed over the CPUs.
-    fn mode_stats(&self, slot: usize) -> LockModeStats {
+    /// Counter set `slot`, summed over the CPUs, since it was made.
+    fn raw_mode_stats(&self, slot: usize) -> LockModeStats {
         let mut m = LockModeStats::default();
         for c in self.counters.iter().filter_map(|c| c.get()) {
             m.merge(&c[slot].mode_stats());
         }
         m
+    }
+
+    /// Counter set `slot`, summed over the CPUs, since the last reset.
+    fn mode_stats(&self, slot: usize) -> LockModeStats {
+        let raw = self.raw_mode_stats(slot);
+        let baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        raw.since(&baseline[slot])
     }
 
     /// Per-context statistics: the (site, mode) pairs with any acquisition
@@ -562,37 +622,40 @@ impl MmapLock {
         v
     }
 
-    /// Zero all statistics. Records made concurrently may be partly kept.
+    /// Zero all statistics: what is counted from now on. A record made
+    /// concurrently may count or not; a maximum recorded concurrently may
+    /// be lost.
     pub fn reset_stats(&self) {
+        let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        for (slot, b) in baseline.iter_mut().enumerate() {
+            *b = self.raw_mode_stats(slot);
+        }
         for c in self.counters.iter().filter_map(|c| c.get()).flatten() {
-            c.reset();
+            c.reset_max();
         }
         self.downgrades.store(0, Ordering::Relaxed);
     }
 
-    /// Count a blocking acquisition and its wait, after the release (see
-    /// [`Waited`]).
-    fn count_blocking(&self, site: LockSite, mode: LockMode, waited: Waited) {
-        let c = &self.counters()[slot(site, mode)];
-        c.acquisitions.fetch_add(1, Ordering::Relaxed);
-        if waited.contended {
-            c.contended.fetch_add(1, Ordering::Relaxed);
-        }
-        c.wait.record(waited.ns);
-    }
-
     fn count_trylock(&self, site: LockSite, mode: LockMode, ok: bool) {
-        let c = &self.counters()[slot(site, mode)];
+        let (set, owned) = self.counters();
+        let c = &set[slot(site, mode)];
         if ok {
-            c.acquisitions.fetch_add(1, Ordering::Relaxed);
-            c.trylock_acquisitions.fetch_add(1, Ordering::Relaxed);
+            bump(&c.acquisitions, 1, owned);
+            bump(&c.trylock_acquisitions, 1, owned);
         } else {
-            c.trylock_failures.fetch_add(1, Ordering::Relaxed);
+            bump(&c.trylock_failures, 1, owned);
         }
     }
 
-    fn count_hold(&self, site: LockSite, mode: LockMode, hold_ns: u64) {
-        self.counters()[slot(site, mode)].hold.record(hold_ns);
+    /// Count a hold that ended, and the blocking acquisition that began
+    /// it, if any.
+    fn count_hold(&self, site: LockSite, mode: LockMode, hold_ns: u64, waited: Option<Waited>) {
+        let (set, owned) = self.counters();
+        let c = &set[slot(site, mode)];
+        if let Some(w) = waited {
+            c.count_blocking(w, owned);
+        }
+        c.hold.record(hold_ns, owned);
     }
 
     // ---- mm_lock_seq ----------------------------------------------------------
@@ -869,10 +932,8 @@ impl Drop for MmapReadGuard<'_> {
     fn drop(&mut self) {
         let hold = ns_since(self.since);
         self.lock.read_unlock();
-        if let Some(w) = self.waited {
-            self.lock.count_blocking(self.site, LockMode::Read, w);
-        }
-        self.lock.count_hold(self.site, LockMode::Read, hold);
+        self.lock
+            .count_hold(self.site, LockMode::Read, hold, self.waited);
     }
 }
 
@@ -914,12 +975,9 @@ impl<'a> MmapWriteGuard<'a> {
         let hold = ns_since(this.since);
         lock.seq_end();
         lock.write_release(true);
-        let since = Stamp::now();
+        let since = now();
         lock.downgrades.fetch_add(1, Ordering::Relaxed);
-        if let Some(w) = this.waited {
-            lock.count_blocking(site, LockMode::Write, w);
-        }
-        lock.count_hold(site, LockMode::Write, hold);
+        lock.count_hold(site, LockMode::Write, hold, this.waited);
         MmapReadGuard {
             lock,
             site,
@@ -934,10 +992,8 @@ impl Drop for MmapWriteGuard<'_> {
         let hold = ns_since(self.since);
         self.lock.seq_end();
         self.lock.write_release(false);
-        if let Some(w) = self.waited {
-            self.lock.count_blocking(self.site, LockMode::Write, w);
-        }
-        self.lock.count_hold(self.site, LockMode::Write, hold);
+        self.lock
+            .count_hold(self.site, LockMode::Write, hold, self.waited);
     }
 }
 
@@ -1225,6 +1281,87 @@ mod tests {
         l.reset_stats();
         assert_eq!(l.stats(), MmapLockStats::default());
         assert!(l.context_stats().is_empty());
+    }
+
+    #[test]
+    fn counts_from_owned_and_shared_stripes_are_exact() {
+        // 40 threads alive at once: 16 own a stripe (plain stores), the
+        // rest share one (atomic additions).
+        const THREADS: u64 = 40;
+        let l = Arc::new(MmapLock::new());
+        let all_in = Arc::new(std::sync::Barrier::new(THREADS as usize));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (l, all_in) = (Arc::clone(&l), Arc::clone(&all_in));
+                thread::spawn(move || {
+                    drop(l.read_lock(LockSite::Fault));
+                    all_in.wait();
+                    for _ in 1..500 {
+                        drop(l.read_lock(LockSite::Fault));
+                    }
+                    drop(l.write_lock(LockSite::Mmap));
+                    drop(l.read_trylock(LockSite::ProcRead));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = l.stats();
+        assert_eq!(s.read.acquisitions, THREADS * 501 - s.read.trylock_failures);
+        assert_eq!(
+            s.read.trylock_acquisitions + s.read.trylock_failures,
+            THREADS
+        );
+        assert_eq!(s.read.wait.count(), THREADS * 500);
+        assert_eq!(s.read.hold.count(), s.read.acquisitions);
+        assert_eq!(s.write.acquisitions, THREADS);
+        assert_eq!(s.write.wait.count(), THREADS);
+        assert_eq!(s.write.hold.count(), THREADS);
+        // An acquisition granted at once waited 0 ns; one that was not is
+        // contended and timed.
+        let zero = s.read.wait.nonzero_buckets().find(|b| b.0 == 0);
+        assert_eq!(
+            zero.map_or(0, |b| b.2),
+            s.read.wait.count() - s.read.contended,
+            "{:?}",
+            s.read.wait
+        );
+    }
+
+    #[test]
+    fn a_reset_while_a_thread_counts_keeps_what_came_after() {
+        let l = Arc::new(MmapLock::new());
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let t = {
+            let (l, done, stop) = (Arc::clone(&l), Arc::clone(&done), Arc::clone(&stop));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    drop(l.read_lock(LockSite::Fault));
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        wait_until("counting", || done.load(Ordering::SeqCst) > 10_000);
+        let before = done.load(Ordering::SeqCst);
+        l.reset_stats();
+        let after = done.load(Ordering::SeqCst);
+        wait_until("counting on", || {
+            done.load(Ordering::SeqCst) > after + 10_000
+        });
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        let end = done.load(Ordering::SeqCst);
+        let got = l.stats().read.acquisitions;
+        // The reset fell between `before` and `after` (one acquisition may
+        // have been counted but not yet announced).
+        assert!(
+            (end - after).saturating_sub(1) <= got && got <= end - before,
+            "counted {got} since the reset; {before}..{after} done at the reset, {end} at the end"
+        );
+        l.reset_stats();
+        assert_eq!(l.stats(), MmapLockStats::default());
     }
 
     #[test]

@@ -103,7 +103,8 @@ impl LockModeStats {
         share(self.contended, self.acquisitions)
     }
 
-    fn since(&self, e: &Self) -> Self {
+    /// What was counted since `e` was taken from the same counters.
+    pub fn since(&self, e: &Self) -> Self {
         Self {
             acquisitions: self.acquisitions.saturating_sub(e.acquisitions),
             trylock_acquisitions: self
