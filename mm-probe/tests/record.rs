@@ -239,6 +239,45 @@ fn record_demo_is_recorded_with_exact_arguments_results_and_faults() {
         text.contains("per-vma") && text.contains("classic"),
         "{text}"
     );
+    // And as JSON: one report per strategy, every call as the child saw
+    // it, the final maps.
+    let o = Command::new(BIN)
+        .args(["replay", out.to_str().unwrap(), "--speed", "max"])
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    let t = read_trace(&out);
+    assert_eq!(v["pid"], t.header.pid);
+    assert_eq!(v["comm"], t.header.comm.as_str());
+    assert_eq!(v["drops"], t.drops);
+    assert_eq!(v["trace"], out.to_str().unwrap());
+    assert!(
+        v["read_ns"].as_u64().is_some_and(|n| n > 0),
+        "{}",
+        v["read_ns"]
+    );
+    let replays = v["replays"].as_array().expect("replays");
+    let names: Vec<&str> = replays
+        .iter()
+        .map(|r| r["strategy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["per-vma", "classic", "speculative"]);
+    for r in replays {
+        assert_eq!(r["records"], t.records.len() as u64);
+        assert_eq!(r["segv"], 0);
+        let calls = r["calls"].as_array().expect("calls");
+        assert!(!calls.is_empty());
+        for c in calls {
+            assert_eq!(c["recorded"], c["replayed"], "{c}");
+        }
+        let maps = r["maps"].as_str().expect("maps");
+        for l in &demo.maps {
+            let range = l.split_whitespace().next().unwrap();
+            assert!(maps.contains(range), "{range} missing from:\n{maps}");
+        }
+    }
 }
 
 #[test]
