@@ -295,11 +295,13 @@ const fn slot(site: LockSite, mode: LockMode) -> usize {
         }
 }
 
-/// The clock of the wait and hold times: [`crate::sched_clock`] (monotonic
-/// nanoseconds, from the TSC where the host keeps time with it). Under a model checker every duration is 0 instead: loom
-/// replays schedules and needs each replay to take the same branches, which
-/// a real duration (choosing the histogram bucket, hence the atomic) breaks;
-/// shuttle's failing schedules stay replayable too. Counts are unchanged.
+/// The clock of the wait and hold times: [`crate::sched_clock`]
+/// (monotonic nanoseconds, from the TSC where the host keeps time with
+/// it). Under a model checker every duration is 0 instead: loom replays
+/// schedules and needs each replay to take the same branches, which a
+/// real duration (choosing the histogram bucket, hence the atomic)
+/// breaks; shuttle's failing schedules stay replayable too. Counts are
+/// unchanged.
 mod clock {
     #[cfg(not(any(feature = "loom", feature = "shuttle")))]
     pub(super) use crate::sched_clock::{Stamp, ns_between};
