@@ -304,7 +304,7 @@ const fn slot(site: LockSite, mode: LockMode) -> usize {
 /// unchanged.
 mod clock {
     #[cfg(not(any(feature = "loom", feature = "shuttle")))]
-    pub(super) use crate::sched_clock::{Stamp, ns_between};
+    pub(super) use crate::sched_clock::{Stamp, now, ns_between};
 
     /// A point in time under a model checker: they all coincide.
     #[cfg(any(feature = "loom", feature = "shuttle"))]
@@ -320,12 +320,6 @@ mod clock {
     /// Nanoseconds since `t`.
     pub(super) fn ns_since(t: Stamp) -> u64 {
         ns_between(t, now())
-    }
-
-    /// Now.
-    #[cfg(not(any(feature = "loom", feature = "shuttle")))]
-    pub(super) fn now() -> Stamp {
-        crate::sched_clock::now()
     }
 
     /// Now.

@@ -25,10 +25,9 @@ use std::{
 pub struct Stamp(u64);
 
 /// How ticks become nanoseconds: `ns = ticks * mult >> 32` on the TSC;
-/// ticks are nanoseconds since `epoch` otherwise.
+/// with `mult` 0 (no usable TSC), ticks are nanoseconds since `epoch`.
 #[derive(Debug)]
 struct Scale {
-    tsc: bool,
     mult: u64,
     epoch: Instant,
 }
@@ -69,11 +68,7 @@ fn tsc_usable() -> bool {
 fn calibrate() -> Scale {
     let epoch = Instant::now();
     if !tsc_usable() {
-        return Scale {
-            tsc: false,
-            mult: 0,
-            epoch,
-        };
+        return Scale { mult: 0, epoch };
     }
     let t0 = rdtsc();
     while epoch.elapsed() < CALIBRATION {
@@ -81,26 +76,18 @@ fn calibrate() -> Scale {
     }
     let (ns, t1) = (epoch.elapsed().as_nanos(), rdtsc());
     let ticks = t1.saturating_sub(t0);
-    match u64::try_from((ns << 32) / u128::from(ticks.max(1))) {
-        Ok(mult) if ticks > 0 => Scale {
-            tsc: true,
-            mult,
-            epoch,
-        },
-        _ => Scale {
-            tsc: false,
-            mult: 0,
-            epoch,
-        },
-    }
+    let mult = if ticks == 0 {
+        0
+    } else {
+        u64::try_from((ns << 32) / u128::from(ticks)).unwrap_or(0)
+    };
+    Scale { mult, epoch }
 }
 
 fn scale() -> &'static Scale {
     SCALE.get_or_init(|| {
         let s = calibrate();
-        if s.tsc {
-            TSC_MULT.store(s.mult, Ordering::Relaxed);
-        }
+        TSC_MULT.store(s.mult, Ordering::Relaxed);
         s
     })
 }
@@ -121,7 +108,7 @@ pub fn init() {
 
 /// Whether the clock is the TSC.
 pub fn is_tsc() -> bool {
-    scale().tsc
+    tsc_mult() != 0
 }
 
 /// Now.
