@@ -227,6 +227,9 @@ pub(crate) fn hardware_access_with(
 ) -> Option<Result<u8, u64>> {
     let code = access_code(access);
     let vpn = addr / PAGE_SIZE;
+    if !pt.may_be_present(vpn) {
+        return Some(Err(code));
+    }
     let r = pt.with_pte(vpn, false, |slot| {
         if !matches!(slot.get(), Pte::Present(_)) {
             return Some(Err(code));
@@ -397,15 +400,51 @@ impl FaultEnv<'_> {
     /// handle_mm_fault() for `addr` in a VMA whose access was already
     /// checked (and whose anon_vma exists if [`needs_anon_vma`] says so).
     pub(crate) fn handle_mm_fault(&self, addr: u64, write: bool) -> FaultResult {
+        self.handle_mm_fault_then(addr, write, None).0
+    }
+
+    /// [`Self::handle_mm_fault`], then, if it completed and `retry` is
+    /// given, the access made again by the MMU ([`hardware_access`]) with
+    /// this VMA: under the same PTE lock hold where the fault was decided
+    /// there (an anonymous page, or a present entry), as the hardware
+    /// retries on the entry just made before anything can take it away;
+    /// else under a new one.
+    pub(crate) fn handle_mm_fault_then(
+        &self,
+        addr: u64,
+        write: bool,
+        retry: Option<(Access, u8)>,
+    ) -> (FaultResult, Option<Result<u8, u64>>) {
         let vpn = addr / PAGE_SIZE;
-        let step = self
+        let (step, retried) = self
             .pt
-            .with_pte(vpn, true, |slot| self.handle_pte(slot, write))
+            .with_pte(vpn, true, |slot| {
+                let step = self.handle_pte(slot, write);
+                let retried = match (&step, retry) {
+                    (Step::Result(FaultResult::Done), Some((access, value))) => Some(
+                        present_access(slot, self.config, Some(self.vma), addr, access, value),
+                    ),
+                    _ => None,
+                };
+                (step, retried)
+            })
             .expect("allocated");
-        match step {
+        let r = match step {
             Step::Result(r) => r,
             Step::File => self.do_fault(addr, write),
-        }
+        };
+        let retried = retried.or_else(|| match retry {
+            Some((access, value)) if matches!(r, FaultResult::Done) => Some(hardware_access(
+                self.pt,
+                self.config,
+                Some(self.vma),
+                addr,
+                access,
+                value,
+            )),
+            _ => None,
+        });
+        (r, retried)
     }
 
     /// The part of handle_mm_fault() decided under the PTE lock.

@@ -991,19 +991,13 @@ impl SharedMm {
         write: bool,
         retry: Option<(Access, u8)>,
     ) -> (FaultResult, Retried) {
-        let r = self.handle(vma, addr, write, &|| true);
-        let retried = match retry {
-            Some((access, value)) if matches!(r, FaultResult::Done) => Some(hardware_access(
-                &self.pt,
-                &self.config,
-                Some(vma),
-                addr,
-                access,
-                value,
-            )),
-            _ => None,
-        };
-        (r, retried)
+        FaultEnv {
+            pt: &self.pt,
+            config: &self.config,
+            vma,
+            validate: &|| true,
+        }
+        .handle_mm_fault_then(addr, write, retry)
     }
 
     /// The speculative path (seed 000); None: go to mmap_lock. Only a
