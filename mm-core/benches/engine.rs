@@ -6,6 +6,9 @@
 //! linear walk of the gaps would be slowest, since a new mapping has to
 //! go below all of them.
 //!
+//! Also a 16 MiB populate and zap, whose cost per page matters to
+//! replays (it is on their critical path).
+//!
 //! Run: `cargo bench -p mm-core --bench engine`
 
 use std::hint::black_box;
@@ -89,6 +92,20 @@ fn benches(c: &mut Criterion) {
             "benchmarks left the layout as found"
         );
     }
+    g.finish();
+    // A 16 MiB MAP_POPULATE mapping and its munmap (fault-vs-munmap's
+    // unmapper): 4096 pages populated and zapped, under mmap_lock, on
+    // every replay's critical path. Divide by 4096 for the cost per page.
+    let mut g = c.benchmark_group("engine");
+    let mut mm = space(100);
+    let big = 16 << 20;
+    g.bench_function("populate_zap_16MiB", |b| {
+        b.iter(|| {
+            let a = mm.mmap(0, big, RW, ANON | map::POPULATE, None, 0).unwrap();
+            mm.munmap(black_box(a), big).unwrap();
+        });
+    });
+    assert_eq!(mm.map_count(), 101, "populate_zap left the layout as found");
     g.finish();
 }
 
