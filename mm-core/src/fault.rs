@@ -198,8 +198,11 @@ pub(crate) const fn access_code(access: Access) -> u64 {
 /// and dirty for a store, set by the hardware, so not soft-dirty; then the
 /// data) and return the byte read; otherwise return the error code of the
 /// fault it raises. `vma` is the VMA holding `addr`, whose flags stand for
-/// the permission bits of a present PTE. Check and access happen under
-/// the PTE lock, so a concurrent zap is either before or after the access.
+/// the permission bits of a present PTE. An entry that is certainly
+/// absent faults at once, without the PTE lock (as the hardware's walk
+/// takes none: [`PageTables::may_be_present`]); otherwise check and access
+/// happen under the PTE lock, so a concurrent zap is either before or
+/// after the access.
 pub(crate) fn hardware_access(
     pt: &PageTables,
     config: &MmConfig,
