@@ -230,10 +230,7 @@ pub(crate) fn hardware_access_with(
 ) -> Option<Result<u8, u64>> {
     let code = access_code(access);
     let vpn = addr / PAGE_SIZE;
-    if !pt.may_be_present(vpn) {
-        return Some(Err(code));
-    }
-    let r = pt.with_pte(vpn, false, |slot| {
+    let r = pt.with_pte_if_present(vpn, |slot| {
         if !matches!(slot.get(), Pte::Present(_)) {
             return Some(Err(code));
         }

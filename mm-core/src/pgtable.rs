@@ -135,6 +135,15 @@ struct PtePage {
     present: Box<[std::sync::atomic::AtomicBool]>,
 }
 
+impl PtePage {
+    /// Whether entry `index` may be present (see [`PtePage::present`]).
+    fn may_be_present(&self, index: usize) -> bool {
+        self.present
+            .get(index)
+            .is_none_or(|p| p.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
 impl Default for PtePage {
     fn default() -> Self {
         let n = if crate::sync::MODEL_CHECKING {
@@ -429,6 +438,11 @@ impl PageTables {
     /// `alloc` is false.
     fn lock(&self, t: u64, alloc: bool) -> Option<(MutexGuard<'_, PteTable>, &PtePage)> {
         let page = self.table(t, alloc)?;
+        Some((self.lock_page(page, alloc)?, page))
+    }
+
+    /// Lock `page`, as [`Self::lock`] does page-table page `t`.
+    fn lock_page<'a>(&self, page: &'a PtePage, alloc: bool) -> Option<MutexGuard<'a, PteTable>> {
         let mut table = lock_table(page);
         if !table.allocated() {
             if !alloc {
@@ -437,7 +451,7 @@ impl PageTables {
             table.allocate();
             self.tables.fetch_add(1, Ordering::Relaxed);
         }
-        Some((table, page))
+        Some(table)
     }
 
     /// The MMU's first look at the entry for `vpn`, without its lock:
@@ -448,11 +462,25 @@ impl PageTables {
     /// hardware.
     pub fn may_be_present(&self, vpn: u64) -> bool {
         let (t, index) = split(vpn);
-        self.table(t, false).is_some_and(|page| {
-            page.present
-                .get(index)
-                .is_none_or(|p| p.load(std::sync::atomic::Ordering::Acquire))
-        })
+        self.table(t, false)
+            .is_some_and(|page| page.may_be_present(index))
+    }
+
+    /// [`Self::with_pte`] without allocating, after the MMU's first look
+    /// ([`Self::may_be_present`]) on the same walk of the upper levels:
+    /// None, without taking the lock, where the entry is certainly not
+    /// present.
+    pub fn with_pte_if_present<R>(
+        &self,
+        vpn: u64,
+        f: impl FnOnce(&mut PteSlot<'_>) -> R,
+    ) -> Option<R> {
+        let (t, index) = split(vpn);
+        let page = self.table(t, false)?;
+        if !page.may_be_present(index) {
+            return None;
+        }
+        self.with_slot(page, index, false, f)
     }
 
     /// pte_offset_map_lock(): run `f` on the entry for `vpn` with its
@@ -466,9 +494,20 @@ impl PageTables {
         f: impl FnOnce(&mut PteSlot<'_>) -> R,
     ) -> Option<R> {
         let (t, index) = split(vpn);
+        self.with_slot(self.table(t, alloc)?, index, alloc, f)
+    }
+
+    /// [`Self::with_pte`] on entry `index` of `page`.
+    fn with_slot<R>(
+        &self,
+        page: &PtePage,
+        index: usize,
+        alloc: bool,
+        f: impl FnOnce(&mut PteSlot<'_>) -> R,
+    ) -> Option<R> {
         let mut rss = RssDelta::default();
         let r = {
-            let (mut table, page) = self.lock(t, alloc)?;
+            let mut table = self.lock_page(page, alloc)?;
             let mut slot = PteSlot {
                 table: &mut table,
                 present: &page.present,

@@ -991,13 +991,8 @@ impl SharedMm {
         write: bool,
         retry: Option<(Access, u8)>,
     ) -> (FaultResult, Retried) {
-        FaultEnv {
-            pt: &self.pt,
-            config: &self.config,
-            vma,
-            validate: &|| true,
-        }
-        .handle_mm_fault_then(addr, write, retry)
+        self.fault_env(vma, &|| true)
+            .handle_mm_fault_then(addr, write, retry)
     }
 
     /// The speculative path (seed 000); None: go to mmap_lock. Only a
@@ -1043,7 +1038,7 @@ impl SharedMm {
         }
         let skip = self.knobs.spf_skip_commit_validation;
         let validate = || skip || valid(obj);
-        match self.handle(&vma, addr, write, &validate) {
+        match self.fault_env(&vma, &validate).handle_mm_fault(addr, write) {
             FaultResult::Done => Some(Ok(valid(obj).then(|| {
                 hardware_access(&self.pt, &self.config, Some(&vma), addr, access, value)
             }))),
@@ -1097,21 +1092,15 @@ impl SharedMm {
         obj.with_vma(|vma| fault(vma.expect("just set")))
     }
 
-    /// handle_mm_fault() on a copy of the VMA (see [`FaultEnv`]).
-    fn handle(
-        &self,
-        vma: &Vma,
-        addr: u64,
-        write: bool,
-        validate: &dyn Fn() -> bool,
-    ) -> FaultResult {
+    /// The fault handlers on this mm's tables for `vma` (see
+    /// [`FaultEnv`]).
+    fn fault_env<'a>(&'a self, vma: &'a Vma, validate: &'a dyn Fn() -> bool) -> FaultEnv<'a> {
         FaultEnv {
             pt: &self.pt,
             config: &self.config,
             vma,
             validate,
         }
-        .handle_mm_fault(addr, write)
     }
 
     /// The counters, in the probe's schema.
